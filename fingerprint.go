@@ -1,0 +1,213 @@
+package idem
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"math"
+	"reflect"
+	"slices"
+	"time"
+)
+
+// Fingerprint returns the default fingerprint of v: the hex SHA-256 of a
+// canonical encoding of its value. Equal values give equal fingerprints in
+// every process and run, whatever the order of map iteration.
+//
+// The encoding walks v by reflection. It covers booleans, numbers, strings,
+// slices, arrays, maps (entries sorted by encoded key), pointers (followed),
+// interfaces (tagged with the dynamic type) and structs (exported fields, by
+// name; a field tagged `idem:"-"` is left out). A time.Time counts as its
+// instant, whatever its location. Other types that implement
+// encoding.BinaryMarshaler are encoded with it. Integers of any size encode
+// by value, so changing a field from int32 to int64 keeps fingerprints.
+// Funcs, channels and unsafe pointers give ErrFingerprint, as do pointer
+// cycles.
+func Fingerprint(v any) (string, error) {
+	e := canon{buf: make([]byte, 0, 256)}
+	if err := e.value(reflect.ValueOf(v), 0); err != nil {
+		return "", err
+	}
+	return hashHex(e.buf), nil
+}
+
+func hashHex(b []byte) string {
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+// maxDepth bounds nesting, which also ends pointer cycles.
+const maxDepth = 100
+
+var (
+	timeType           = reflect.TypeFor[time.Time]()
+	binaryMarshalerTyp = reflect.TypeFor[encoding.BinaryMarshaler]()
+)
+
+// canon appends a self-delimiting encoding of a value to buf: every item
+// starts with a tag byte, and variable-length items with their length.
+type canon struct{ buf []byte }
+
+func (e *canon) tag(t byte)      { e.buf = append(e.buf, t) }
+func (e *canon) uint(u uint64)   { e.buf = binary.AppendUvarint(e.buf, u) }
+func (e *canon) int(i int64)     { e.buf = binary.AppendVarint(e.buf, i) }
+func (e *canon) float(f float64) { e.buf = binary.BigEndian.AppendUint64(e.buf, math.Float64bits(f)) }
+func (e *canon) bytes(b []byte)  { e.uint(uint64(len(b))); e.buf = append(e.buf, b...) }
+func (e *canon) string(s string) { e.uint(uint64(len(s))); e.buf = append(e.buf, s...) }
+func (e *canon) nilValue()       { e.tag('0') }
+func (e *canon) boolean(b bool) {
+	if b {
+		e.tag('T')
+	} else {
+		e.tag('F')
+	}
+}
+func (e *canon) header(t byte, n int) { e.tag(t); e.uint(uint64(n)) }
+
+func (e *canon) value(v reflect.Value, depth int) error {
+	if depth > maxDepth {
+		return fmt.Errorf("%w: nested deeper than %d (a pointer cycle?)", ErrFingerprint, maxDepth)
+	}
+	if !v.IsValid() {
+		e.nilValue()
+		return nil
+	}
+	t := v.Type()
+	if t == timeType {
+		tm := v.Interface().(time.Time)
+		e.tag('t')
+		e.int(tm.Unix())
+		e.int(int64(tm.Nanosecond()))
+		return nil
+	}
+	if t.Kind() != reflect.Pointer && t.Kind() != reflect.Interface && t.Implements(binaryMarshalerTyp) {
+		b, err := v.Interface().(encoding.BinaryMarshaler).MarshalBinary()
+		if err != nil {
+			return fmt.Errorf("%w: %s: %w", ErrFingerprint, t, err)
+		}
+		e.tag('M')
+		e.bytes(b)
+		return nil
+	}
+	switch t.Kind() {
+	case reflect.Bool:
+		e.boolean(v.Bool())
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		e.tag('i')
+		e.int(v.Int())
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr:
+		e.tag('u')
+		e.uint(v.Uint())
+	case reflect.Float32, reflect.Float64:
+		e.tag('f')
+		e.float(v.Float())
+	case reflect.Complex64, reflect.Complex128:
+		e.tag('c')
+		e.float(real(v.Complex()))
+		e.float(imag(v.Complex()))
+	case reflect.String:
+		e.tag('s')
+		e.string(v.String())
+	case reflect.Slice:
+		if v.IsNil() {
+			e.nilValue()
+			return nil
+		}
+		if t.Elem().Kind() == reflect.Uint8 {
+			e.tag('B')
+			e.bytes(v.Bytes())
+			return nil
+		}
+		return e.list(v, depth)
+	case reflect.Array:
+		return e.list(v, depth)
+	case reflect.Map:
+		if v.IsNil() {
+			e.nilValue()
+			return nil
+		}
+		return e.mapValue(v, depth)
+	case reflect.Pointer:
+		if v.IsNil() {
+			e.nilValue()
+			return nil
+		}
+		e.tag('p')
+		return e.value(v.Elem(), depth+1)
+	case reflect.Interface:
+		if v.IsNil() {
+			e.nilValue()
+			return nil
+		}
+		e.tag('I')
+		e.string(v.Elem().Type().String())
+		return e.value(v.Elem(), depth+1)
+	case reflect.Struct:
+		return e.structValue(v, depth)
+	default:
+		return fmt.Errorf("%w: unsupported type %s", ErrFingerprint, t)
+	}
+	return nil
+}
+
+func (e *canon) list(v reflect.Value, depth int) error {
+	e.header('l', v.Len())
+	for i := range v.Len() {
+		if err := e.value(v.Index(i), depth+1); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (e *canon) structValue(v reflect.Value, depth int) error {
+	t := v.Type()
+	e.tag('S')
+	for i := range t.NumField() {
+		f := t.Field(i)
+		if !f.IsExported() || f.Tag.Get("idem") == "-" {
+			continue
+		}
+		e.tag('n')
+		e.string(f.Name)
+		if err := e.value(v.Field(i), depth+1); err != nil {
+			return err
+		}
+	}
+	e.tag('E')
+	return nil
+}
+
+// mapValue encodes the entries of a map sorted by the encoding of their keys,
+// so that the result does not depend on iteration order.
+func (e *canon) mapValue(v reflect.Value, depth int) error {
+	start := len(e.buf)
+	type span struct{ from, keyEnd, to int }
+	spans := make([]span, 0, v.Len())
+	it := v.MapRange()
+	for it.Next() {
+		s := span{from: len(e.buf)}
+		if err := e.value(it.Key(), depth+1); err != nil {
+			return err
+		}
+		s.keyEnd = len(e.buf)
+		if err := e.value(it.Value(), depth+1); err != nil {
+			return err
+		}
+		s.to = len(e.buf)
+		spans = append(spans, s)
+	}
+	entries := slices.Clone(e.buf[start:])
+	slices.SortFunc(spans, func(a, b span) int {
+		return bytes.Compare(entries[a.from-start:a.keyEnd-start], entries[b.from-start:b.keyEnd-start])
+	})
+	e.buf = e.buf[:start]
+	e.header('m', len(spans))
+	for _, s := range spans {
+		e.buf = append(e.buf, entries[s.from-start:s.to-start]...)
+	}
+	return nil
+}

@@ -1,0 +1,295 @@
+package idemtest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/idemkit/idem"
+)
+
+// storeTests exercise the Store contract directly.
+var storeTests = []test{
+	{"AcquireLeasesAbsentKey", testAcquireLeases},
+	{"CommitThenReplay", testCommitReplay},
+	{"ReleaseFreesKey", testRelease},
+	{"AcquireRace", testAcquireRace},
+	{"LeaseExpires", testLeaseExpires},
+	{"RefreshKeepsLease", testRefresh},
+	{"OwnerCheckedCommit", testOwnerCheckedCommit},
+	{"RecordExpires", testRecordExpires},
+	{"WaitWakesOnCommit", testWaitCommit},
+	{"WaitWakesOnRelease", testWaitRelease},
+	{"WaitWakesOnExpiry", testWaitExpiry},
+	{"WaitHonoursContext", testWaitContext},
+	{"KeysAreIndependent", testIndependentKeys},
+}
+
+func testAcquireLeases(t *testing.T, e *env) {
+	k := e.key("k")
+	acquireLease(t, e.store, k, "fp-1", time.Minute)
+	a, err := e.store.Acquire(ctxFor(t), k, "fp-2", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Lease != nil || a.Record != nil {
+		t.Fatalf("second Acquire got lease %v, record %q; want held", a.Lease, a.Record)
+	}
+	if a.Holder != "fp-1" {
+		t.Errorf("Holder = %q, want the first caller's fingerprint %q", a.Holder, "fp-1")
+	}
+}
+
+func testCommitReplay(t *testing.T, e *env) {
+	k := e.key("k")
+	l := acquireLease(t, e.store, k, "fp", time.Minute)
+	rec := []byte("record\x00with\xffbinary")
+	if err := l.Commit(ctxFor(t), rec, time.Minute); err != nil {
+		t.Fatalf("Commit: %v", err)
+	}
+	for i := range 3 {
+		a, err := e.store.Acquire(ctxFor(t), k, "other", time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a.Lease != nil || !bytes.Equal(a.Record, rec) {
+			t.Fatalf("Acquire #%d after Commit: lease %v, record %q; want record %q", i, a.Lease, a.Record, rec)
+		}
+	}
+	if err := l.Commit(ctxFor(t), []byte("again"), time.Minute); !errors.Is(err, idem.ErrLeaseLost) {
+		t.Errorf("second Commit = %v, want ErrLeaseLost", err)
+	}
+	if err := l.Release(ctxFor(t)); !errors.Is(err, idem.ErrLeaseLost) {
+		t.Errorf("Release after Commit = %v, want ErrLeaseLost", err)
+	}
+	a, _ := e.store.Acquire(ctxFor(t), k, "other", time.Minute)
+	if !bytes.Equal(a.Record, rec) {
+		t.Errorf("record after late Commit/Release = %q, want %q", a.Record, rec)
+	}
+}
+
+func testRelease(t *testing.T, e *env) {
+	k := e.key("k")
+	l := acquireLease(t, e.store, k, "fp", time.Minute)
+	if err := l.Release(ctxFor(t)); err != nil {
+		t.Fatalf("Release: %v", err)
+	}
+	l2 := acquireLease(t, e.store, k, "fp", time.Minute)
+	if err := l.Release(ctxFor(t)); !errors.Is(err, idem.ErrLeaseLost) {
+		t.Errorf("stale Release = %v, want ErrLeaseLost", err)
+	}
+	if err := l.Refresh(ctxFor(t), time.Minute); !errors.Is(err, idem.ErrLeaseLost) {
+		t.Errorf("stale Refresh = %v, want ErrLeaseLost", err)
+	}
+	if err := l2.Commit(ctxFor(t), []byte("r"), time.Minute); err != nil {
+		t.Errorf("new holder's Commit after stale Release: %v", err)
+	}
+}
+
+func testAcquireRace(t *testing.T, e *env) {
+	const n = 32
+	for round := range 5 {
+		k := e.key("k", fmt.Sprint(round))
+		var leases atomic.Int32
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for i := range n {
+			wg.Go(func() {
+				<-start
+				a, err := e.store.Acquire(ctxFor(t), k, fmt.Sprint(i), time.Minute)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if a.Lease != nil {
+					leases.Add(1)
+				}
+			})
+		}
+		close(start)
+		wg.Wait()
+		if got := leases.Load(); got != 1 {
+			t.Fatalf("round %d: %d of %d concurrent Acquires got a lease, want 1", round, got, n)
+		}
+	}
+}
+
+func testLeaseExpires(t *testing.T, e *env) {
+	k := e.key("k")
+	old := acquireLease(t, e.store, k, "old", 50*time.Millisecond)
+	var l idem.Lease
+	if !eventually(2*time.Second, func() bool {
+		a, err := e.store.Acquire(ctxFor(t), k, "new", time.Minute)
+		l = a.Lease
+		return err == nil && a.Lease != nil
+	}) {
+		t.Fatal("expired lease was never given up")
+	}
+	if err := old.Refresh(ctxFor(t), time.Minute); !errors.Is(err, idem.ErrLeaseLost) {
+		t.Errorf("Refresh of expired lease = %v, want ErrLeaseLost", err)
+	}
+	if err := l.Commit(ctxFor(t), []byte("r"), time.Minute); err != nil {
+		t.Errorf("Commit by new holder: %v", err)
+	}
+}
+
+func testRefresh(t *testing.T, e *env) {
+	k := e.key("k")
+	const ttl = 100 * time.Millisecond
+	l := acquireLease(t, e.store, k, "fp", ttl)
+	for range 8 { // 400ms in all, four times the TTL
+		time.Sleep(ttl / 2)
+		if err := l.Refresh(ctxFor(t), ttl); err != nil {
+			t.Fatalf("Refresh: %v", err)
+		}
+		a, err := e.store.Acquire(ctxFor(t), k, "other", ttl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a.Lease != nil {
+			t.Fatal("another caller acquired a lease that was being refreshed")
+		}
+	}
+	if err := l.Commit(ctxFor(t), []byte("r"), time.Minute); err != nil {
+		t.Errorf("Commit after refreshes: %v", err)
+	}
+}
+
+func testOwnerCheckedCommit(t *testing.T, e *env) {
+	k := e.key("k")
+	old := acquireLease(t, e.store, k, "fp", 30*time.Millisecond)
+	time.Sleep(80 * time.Millisecond)
+	l := acquireLease(t, e.store, k, "fp", time.Minute)
+	if err := old.Commit(ctxFor(t), []byte("stale"), time.Minute); !errors.Is(err, idem.ErrLeaseLost) {
+		t.Fatalf("Commit by expired holder = %v, want ErrLeaseLost", err)
+	}
+	if err := old.Release(ctxFor(t)); !errors.Is(err, idem.ErrLeaseLost) {
+		t.Fatalf("Release by expired holder = %v, want ErrLeaseLost", err)
+	}
+	a, _ := e.store.Acquire(ctxFor(t), k, "fp", time.Minute)
+	if a.Holder != "fp" || a.Lease != nil || a.Record != nil {
+		t.Fatalf("after stale Commit/Release the new lease is gone: %+v", a)
+	}
+	if err := l.Commit(ctxFor(t), []byte("fresh"), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Commit(ctxFor(t), []byte("stale"), time.Minute); !errors.Is(err, idem.ErrLeaseLost) {
+		t.Fatalf("stale Commit over a record = %v, want ErrLeaseLost", err)
+	}
+	a, _ = e.store.Acquire(ctxFor(t), k, "fp", time.Minute)
+	if string(a.Record) != "fresh" {
+		t.Fatalf("record = %q, want the new holder's %q", a.Record, "fresh")
+	}
+}
+
+func testRecordExpires(t *testing.T, e *env) {
+	k := e.key("k")
+	l := acquireLease(t, e.store, k, "fp", time.Minute)
+	if err := l.Commit(ctxFor(t), []byte("r"), 50*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	a, _ := e.store.Acquire(ctxFor(t), k, "fp", time.Minute)
+	if string(a.Record) != "r" {
+		t.Fatalf("record right after Commit = %q", a.Record)
+	}
+	if !eventually(2*time.Second, func() bool {
+		a, err := e.store.Acquire(ctxFor(t), k, "fp", time.Minute)
+		return err == nil && a.Lease != nil
+	}) {
+		t.Fatal("record never expired")
+	}
+}
+
+// waitReturns starts Wait on key and returns a channel that gets its result.
+func waitReturns(ctx context.Context, s idem.Store, key string) <-chan error {
+	ch := make(chan error, 1)
+	go func() { ch <- s.Wait(ctx, key) }()
+	return ch
+}
+
+func expectWaitWithin(t *testing.T, ch <-chan error, d time.Duration, what string) {
+	t.Helper()
+	select {
+	case err := <-ch:
+		if err != nil {
+			t.Fatalf("Wait after %s: %v", what, err)
+		}
+	case <-time.After(d):
+		t.Fatalf("Wait did not return within %v of %s", d, what)
+	}
+}
+
+func testWaitCommit(t *testing.T, e *env) {
+	k := e.key("k")
+	l := acquireLease(t, e.store, k, "fp", time.Minute)
+	ch := waitReturns(ctxFor(t), e.store, k)
+	time.Sleep(30 * time.Millisecond)
+	select {
+	case err := <-ch:
+		t.Fatalf("Wait returned %v while the lease was held", err)
+	default:
+	}
+	if err := l.Commit(ctxFor(t), []byte("r"), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	expectWaitWithin(t, ch, 2*time.Second, "Commit")
+}
+
+func testWaitRelease(t *testing.T, e *env) {
+	k := e.key("k")
+	l := acquireLease(t, e.store, k, "fp", time.Minute)
+	ch := waitReturns(ctxFor(t), e.store, k)
+	time.Sleep(20 * time.Millisecond)
+	if err := l.Release(ctxFor(t)); err != nil {
+		t.Fatal(err)
+	}
+	expectWaitWithin(t, ch, 2*time.Second, "Release")
+}
+
+func testWaitExpiry(t *testing.T, e *env) {
+	k := e.key("k")
+	acquireLease(t, e.store, k, "fp", 100*time.Millisecond)
+	ch := waitReturns(ctxFor(t), e.store, k)
+	expectWaitWithin(t, ch, 3*time.Second, "the lease expiring")
+}
+
+func testWaitContext(t *testing.T, e *env) {
+	k := e.key("k")
+	acquireLease(t, e.store, k, "fp", time.Minute)
+	ctx, cancel := context.WithCancel(ctxFor(t))
+	ch := waitReturns(ctx, e.store, k)
+	time.Sleep(20 * time.Millisecond)
+	cancel()
+	select {
+	case err := <-ch:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("Wait after cancel = %v, want context.Canceled", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("Wait ignored the cancelled context")
+	}
+	if err := e.store.Wait(ctxFor(t), e.key("absent")); err != nil {
+		t.Errorf("Wait on an absent key = %v, want nil at once", err)
+	}
+}
+
+func testIndependentKeys(t *testing.T, e *env) {
+	a := acquireLease(t, e.store, e.key("a"), "fp", time.Minute)
+	b := acquireLease(t, e.store, e.key("b"), "fp", time.Minute)
+	if err := a.Commit(ctxFor(t), []byte("A"), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Release(ctxFor(t)); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := e.store.Acquire(ctxFor(t), e.key("a"), "fp", time.Minute)
+	if string(got.Record) != "A" {
+		t.Errorf("key a = %+v, want record A", got)
+	}
+	acquireLease(t, e.store, e.key("b"), "fp", time.Minute)
+}

@@ -1,0 +1,147 @@
+package idem
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/idemkit/idem/codec"
+)
+
+// Defaults used when an option is not given.
+const (
+	DefaultTTL     = 24 * time.Hour
+	DefaultLockTTL = 10 * time.Second
+)
+
+// An Option configures an Operation. Options are applied in order; a later
+// option overrides an earlier one.
+type Option func(*config)
+
+type config struct {
+	ttl         time.Duration
+	lockTTL     time.Duration
+	wait        time.Duration
+	validate    bool
+	codec       codec.Codec
+	namespace   string
+	fingerprint any // func(Req) ([]byte, error), checked by New
+	final       func(error) bool
+	errs        []error
+}
+
+func newConfig(opts []Option) *config {
+	c := &config{
+		ttl:      DefaultTTL,
+		lockTTL:  DefaultLockTTL,
+		validate: true,
+		codec:    codec.MsgPack{},
+	}
+	for _, o := range opts {
+		if o != nil {
+			o(c)
+		}
+	}
+	return c
+}
+
+func (c *config) invalid(format string, args ...any) {
+	c.errs = append(c.errs, fmt.Errorf("%w: "+format, append([]any{ErrInvalidOption}, args...)...))
+}
+
+func (c *config) err() error { return errors.Join(c.errs...) }
+
+// WithTTL sets how long a completed result is kept and replayed. After it,
+// the key is free and a call executes afresh. The default is DefaultTTL.
+func WithTTL(d time.Duration) Option {
+	return func(c *config) {
+		if d <= 0 {
+			c.invalid("WithTTL(%v): must be positive", d)
+			return
+		}
+		c.ttl = d
+	}
+}
+
+// WithLockTTL sets the lease on an in-flight execution. The lease is
+// refreshed every third of d while fn runs, so d bounds how long a key stays
+// blocked after its holder crashed, not how long fn may run. The default is
+// DefaultLockTTL.
+func WithLockTTL(d time.Duration) Option {
+	return func(c *config) {
+		if d < 3*time.Millisecond {
+			c.invalid("WithLockTTL(%v): must be at least 3ms", d)
+			return
+		}
+		c.lockTTL = d
+	}
+}
+
+// WithWaitTimeout sets how long a call waits for an in-flight execution of
+// the same key to finish, so that it can replay its result instead of
+// returning ErrInFlight. Zero, the default, returns ErrInFlight at once.
+func WithWaitTimeout(d time.Duration) Option {
+	return func(c *config) {
+		if d < 0 {
+			c.invalid("WithWaitTimeout(%v): must not be negative", d)
+			return
+		}
+		c.wait = d
+	}
+}
+
+// WithSignatureValidation sets whether a key reused with a request of another
+// fingerprint is refused with ErrKeyReused (true, the default) or served the
+// stored result regardless (false).
+func WithSignatureValidation(on bool) Option {
+	return func(c *config) { c.validate = on }
+}
+
+// WithCodec sets how results are encoded for the store. The default is
+// codec.MsgPack. Records written with one codec are reported as
+// ErrCorruptRecord when read with another.
+func WithCodec(cd codec.Codec) Option {
+	return func(c *config) {
+		if cd == nil {
+			c.invalid("WithCodec(nil)")
+			return
+		}
+		c.codec = cd
+	}
+}
+
+// WithNamespace separates Operations that share one store: the same key in
+// two namespaces names two different records. A namespace must not contain
+// ':' (it separates the namespace from the key) or control characters.
+func WithNamespace(ns string) Option {
+	return func(c *config) {
+		if strings.Contains(ns, ":") || validateKey(ns) != nil && ns != "" {
+			c.invalid("WithNamespace(%q): must be printable and hold no ':'", ns)
+			return
+		}
+		c.namespace = ns
+	}
+}
+
+// WithFingerprint replaces the default request fingerprint: f returns bytes
+// that identify the request (for example, selected fields, or a body with its
+// volatile parts removed), and the fingerprint is their SHA-256. Req must be
+// the Operation's request type, else every Do returns ErrInvalidOption.
+func WithFingerprint[Req any](f func(Req) ([]byte, error)) Option {
+	return func(c *config) {
+		if f == nil {
+			c.invalid("WithFingerprint(nil)")
+			return
+		}
+		c.fingerprint = f
+	}
+}
+
+// WithFinalErrors stores, and replays to later calls, the errors of fn for
+// which isFinal returns true, as Stripe stores a declined charge. Errors
+// wrapped with Final are stored regardless. Other errors are never stored:
+// the lease is released and a retry runs fn again.
+func WithFinalErrors(isFinal func(error) bool) Option {
+	return func(c *config) { c.final = isFinal }
+}
