@@ -376,9 +376,10 @@ func testLostLease(t *testing.T, e *env) {
 	key := e.key("k")
 	stalled := idem.New[string, string](stalledStore{e.store}, idem.WithLockTTL(lockTTL))
 	op := idem.New[string, string](e.store, idem.WithLockTTL(lockTTL))
-	takenOver := make(chan struct{})
+	started, takenOver := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(takenOver)
+		<-started
 		if !eventually(5*time.Second, func() bool {
 			r, err := op.Do(ctxFor(t), key, "r", func(context.Context, string) (string, error) { return "new owner", nil })
 			return err == nil && r == "new owner"
@@ -387,6 +388,7 @@ func testLostLease(t *testing.T, e *env) {
 		}
 	}()
 	r, err := stalled.Do(ctxFor(t), key, "r", func(context.Context, string) (string, error) {
+		close(started)
 		<-takenOver
 		return "old owner", nil
 	})

@@ -28,6 +28,24 @@ var storeTests = []test{
 	{"WaitWakesOnExpiry", testWaitExpiry},
 	{"WaitHonoursContext", testWaitContext},
 	{"KeysAreIndependent", testIndependentKeys},
+	{"EmptyRecord", testEmptyRecord},
+}
+
+// testEmptyRecord checks that an empty record is still a record: non-nil,
+// so that it is not mistaken for a key held by another caller.
+func testEmptyRecord(t *testing.T, e *env) {
+	k := e.key("k")
+	l := acquireLease(t, e.store, k, "fp", time.Minute)
+	if err := l.Commit(ctxFor(t), []byte{}, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	a, err := e.store.Acquire(ctxFor(t), k, "fp", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Record == nil || len(a.Record) != 0 || a.Lease != nil {
+		t.Fatalf("after committing an empty record: %+v, want Record = []byte{}", a)
+	}
 }
 
 func testAcquireLeases(t *testing.T, e *env) {

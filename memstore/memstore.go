@@ -195,7 +195,7 @@ func (l *lease) Commit(ctx context.Context, record []byte, ttl time.Duration) er
 	heap.Remove(&l.s.leases, e.index)
 	close(e.done)
 	e.token, e.fingerprint, e.done = 0, "", nil
-	e.record = append([]byte(nil), record...)
+	e.record = append(make([]byte, 0, len(record)), record...) // non-nil even when empty
 	e.expires = time.Now().Add(ttl)
 	heap.Push(&l.s.records, e)
 	return nil

@@ -1,0 +1,93 @@
+package idem_test
+
+import (
+	"context"
+	"strconv"
+	"testing"
+
+	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/memstore"
+)
+
+type benchReq struct {
+	Customer string
+	Amount   int64
+	Currency string
+	Metadata map[string]string
+}
+
+type benchResp struct {
+	ID       string
+	Amount   int64
+	Currency string
+	Status   string
+}
+
+var (
+	benchIn  = benchReq{Customer: "cus_9s6XKzkNRiz8i3", Amount: 1999, Currency: "eur", Metadata: map[string]string{"order": "o-1", "cart": "c-7"}}
+	benchOut = benchResp{ID: "ch_3Mtw4xLkdIwHu7ix0QjHZyqf", Amount: 1999, Currency: "eur", Status: "succeeded"}
+)
+
+func benchFn(context.Context, benchReq) (benchResp, error) { return benchOut, nil }
+
+// BenchmarkMemstore measures Do on the embedded store against calling fn
+// directly.
+func BenchmarkMemstore(b *testing.B) {
+	ctx := context.Background()
+	b.Run("Direct", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := benchFn(ctx, benchIn); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("ReplayHit", func(b *testing.B) {
+		op := idem.New[benchReq, benchResp](memstore.New())
+		if _, err := op.Do(ctx, "k", benchIn, benchFn); err != nil {
+			b.Fatal(err)
+		}
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := op.Do(ctx, "k", benchIn, benchFn); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("FirstExecution", func(b *testing.B) {
+		op := idem.New[benchReq, benchResp](memstore.New())
+		b.ReportAllocs()
+		i := 0
+		for b.Loop() {
+			i++
+			if _, err := op.Do(ctx, "k"+strconv.Itoa(i), benchIn, benchFn); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("ReplayHitParallel", func(b *testing.B) {
+		op := idem.New[benchReq, benchResp](memstore.New())
+		if _, err := op.Do(ctx, "k", benchIn, benchFn); err != nil {
+			b.Fatal(err)
+		}
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				if _, err := op.Do(ctx, "k", benchIn, benchFn); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	})
+}
+
+// BenchmarkFingerprint measures the default canonical fingerprint.
+func BenchmarkFingerprint(b *testing.B) {
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := idem.Fingerprint(benchIn); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -1,0 +1,158 @@
+package idem_test
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/idemkit/idem"
+)
+
+type fpInner struct {
+	Tags  map[string][]string
+	Score float64
+}
+
+type fpReq struct {
+	ID       string
+	Amount   int64
+	Counts   map[string]int
+	ByID     map[int]string
+	Nested   map[string]fpInner
+	Any      map[string]any
+	Items    []fpInner
+	Ptr      *fpInner
+	At       time.Time
+	Addr     netip.Addr
+	TraceID  string `idem:"-"`
+	internal int
+}
+
+func fpSample() fpReq {
+	m := map[string]int{}
+	byID := map[int]string{}
+	for i := range 50 {
+		m[fmt.Sprint("k", i)] = i
+		byID[i] = fmt.Sprint("v", i)
+	}
+	return fpReq{
+		ID: "o-1", Amount: 1999, Counts: m, ByID: byID,
+		Nested: map[string]fpInner{"a": {Tags: map[string][]string{"x": {"1", "2"}, "y": nil}, Score: 0.5}, "b": {}},
+		Any:    map[string]any{"n": 1, "s": "str", "m": map[string]int{"p": 1, "q": 2, "r": 3}},
+		Items:  []fpInner{{Score: 1}, {Score: 2}},
+		Ptr:    &fpInner{Score: 3},
+		At:     time.Date(2026, 11, 29, 12, 0, 0, 5, time.UTC),
+		Addr:   netip.MustParseAddr("192.0.2.1"),
+	}
+}
+
+func mustFP(t *testing.T, v any) string {
+	t.Helper()
+	fp, err := idem.Fingerprint(v)
+	if err != nil {
+		t.Fatalf("Fingerprint(%T): %v", v, err)
+	}
+	return fp
+}
+
+// TestFingerprintGolden pins the encoding: the same value must give the same
+// fingerprint in every process and release, or stored keys would all turn
+// into ErrKeyReused after an upgrade.
+func TestFingerprintGolden(t *testing.T) {
+	// Expected values computed independently: sha256 of the documented
+	// encoding, e.g. python3 -c "import hashlib; print(hashlib.sha256(b's\x03req').hexdigest())".
+	cases := []struct {
+		v    any
+		want string
+	}{
+		{"req", "51fee1289766a9aeaae252fe24421737e21463aa2d565442358a7916df34fd75"},
+		{struct {
+			A int
+			B string
+		}{-1, "x"}, "b4dd4c2baf672e48d8de71747a138d6fcc4244fdd477dfe5c00ffa6889bea68c"},
+		{map[string]int{"b": 2, "a": 1}, "bf4852158eb4f24058bf249d909211ce8101d9ccfa768fa8b9e04e9487bea70c"},
+	}
+	for _, c := range cases {
+		if got := mustFP(t, c.v); got != c.want {
+			t.Errorf("Fingerprint(%#v) = %s, want %s", c.v, got, c.want)
+		}
+	}
+}
+
+func TestFingerprintMapOrder(t *testing.T) {
+	want := mustFP(t, fpSample())
+	for i := range 200 {
+		if got := mustFP(t, fpSample()); got != want {
+			t.Fatalf("encode %d: fingerprint changed with map iteration order", i)
+		}
+	}
+}
+
+func TestFingerprintDistinguishes(t *testing.T) {
+	base := mustFP(t, fpSample())
+	changes := map[string]func(*fpReq){
+		"amount":       func(r *fpReq) { r.Amount++ },
+		"map value":    func(r *fpReq) { r.Counts["k3"] = 4 },
+		"map key":      func(r *fpReq) { delete(r.Counts, "k3"); r.Counts["k3x"] = 3 },
+		"nested slice": func(r *fpReq) { r.Nested["a"].Tags["x"][1] = "3" },
+		"nil vs empty": func(r *fpReq) { r.Nested["a"].Tags["y"] = []string{} },
+		"any type":     func(r *fpReq) { r.Any["n"] = int64(1) },
+		"pointer":      func(r *fpReq) { r.Ptr = nil },
+		"slice order":  func(r *fpReq) { r.Items[0], r.Items[1] = r.Items[1], r.Items[0] },
+		"instant":      func(r *fpReq) { r.At = r.At.Add(time.Nanosecond) },
+		"addr":         func(r *fpReq) { r.Addr = netip.MustParseAddr("192.0.2.2") },
+		"string split": func(r *fpReq) { r.ID = "o-1" + "\x00" },
+	}
+	for name, change := range changes {
+		r := fpSample()
+		change(&r)
+		if mustFP(t, r) == base {
+			t.Errorf("%s: changed request has the same fingerprint", name)
+		}
+	}
+}
+
+func TestFingerprintIgnores(t *testing.T) {
+	base := mustFP(t, fpSample())
+	same := map[string]func(*fpReq){
+		"idem:\"-\" field": func(r *fpReq) { r.TraceID = "trace-123" },
+		"unexported":       func(r *fpReq) { r.internal = 7 },
+		"time zone":        func(r *fpReq) { r.At = r.At.In(time.FixedZone("X", 3600)) },
+		"monotonic clock":  func(r *fpReq) { r.At = r.At.Round(0) },
+	}
+	for name, change := range same {
+		r := fpSample()
+		change(&r)
+		if mustFP(t, r) != base {
+			t.Errorf("%s: fingerprint changed, want it ignored", name)
+		}
+	}
+	if mustFP(t, int32(7)) != mustFP(t, int64(7)) {
+		t.Error("int32(7) and int64(7) differ; integer width should not matter")
+	}
+	if mustFP(t, "ab") == mustFP(t, []string{"a", "b"}) {
+		t.Error(`"ab" and ["a" "b"] collide`)
+	}
+}
+
+func TestFingerprintUnsupported(t *testing.T) {
+	type cyc struct{ Next *cyc }
+	loop := &cyc{}
+	loop.Next = loop
+	for name, v := range map[string]any{
+		"func":  struct{ F func() }{F: func() {}},
+		"chan":  make(chan int),
+		"cycle": loop,
+	} {
+		_, err := idem.Fingerprint(v)
+		if !errors.Is(err, idem.ErrFingerprint) {
+			t.Errorf("%s: err = %v, want ErrFingerprint", name, err)
+		}
+	}
+	if _, err := idem.Fingerprint(struct{ F func() }{}); !errors.Is(err, idem.ErrFingerprint) || !strings.Contains(err.Error(), "func") {
+		t.Errorf("nil func field: %v, want ErrFingerprint naming the type", err)
+	}
+}

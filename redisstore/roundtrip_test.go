@@ -1,0 +1,128 @@
+package redisstore_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/internal/redistest"
+	"github.com/idemkit/idem/redisstore"
+	"github.com/redis/go-redis/v9"
+)
+
+// counter is a go-redis hook that counts round trips (a command or a
+// pipeline) and records command names.
+type counter struct {
+	mu    sync.Mutex
+	trips int
+	names []string
+}
+
+func (c *counter) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (c *counter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		c.mu.Lock()
+		c.trips++
+		c.names = append(c.names, cmd.Name())
+		c.mu.Unlock()
+		return next(ctx, cmd)
+	}
+}
+
+func (c *counter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		c.mu.Lock()
+		c.trips++
+		for _, cmd := range cmds {
+			c.names = append(c.names, cmd.Name())
+		}
+		c.mu.Unlock()
+		return next(ctx, cmds)
+	}
+}
+
+func (c *counter) reset() {
+	c.mu.Lock()
+	c.trips, c.names = 0, nil
+	c.mu.Unlock()
+}
+
+func (c *counter) read() (int, []string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.trips, slices.Clone(c.names)
+}
+
+// countedClients returns clients of the single node and of the cluster whose
+// round trips are counted per node connection.
+func countedClients(t *testing.T) map[string]struct {
+	client redis.UniversalClient
+	count  *counter
+} {
+	single := redistest.Single(t)
+	cs := &counter{}
+	single.AddHook(cs)
+	cluster := redistest.Cluster(t)
+	cc := &counter{}
+	// Count on the node clients: what actually travels to Redis.
+	cluster.OnNewNode(func(n *redis.Client) { n.AddHook(cc) })
+	return map[string]struct {
+		client redis.UniversalClient
+		count  *counter
+	}{"single": {single, cs}, "cluster": {cluster, cc}}
+}
+
+func TestRoundTrips(t *testing.T) {
+	ctx := context.Background()
+	for name, c := range countedClients(t) {
+		t.Run(name, func(t *testing.T) {
+			op := idem.New[string, string](redisstore.New(c.client, redisstore.WithPrefix(fmt.Sprint("rt:", time.Now().UnixNano(), ":"))))
+			fn := func(context.Context, string) (string, error) { return "result", nil }
+			// Warm up: connections dialled and scripts cached on every node
+			// (48 keys reach all three cluster masters).
+			for i := range 48 {
+				if _, err := op.Do(ctx, fmt.Sprint("warm-", i), "req", fn); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for i, k := range []string{"a", "b", "c"} {
+				c.count.reset()
+				if _, err := op.Do(ctx, k, "req", fn); err != nil {
+					t.Fatal(err)
+				}
+				if n, names := c.count.read(); n != 2 || !slices.Equal(names, []string{"evalsha", "evalsha"}) {
+					t.Errorf("first execution #%d: %d round trips %v, want 2 [evalsha evalsha]", i, n, names)
+				}
+				c.count.reset()
+				if _, info, err := op.DoInfo(ctx, k, "req", fn); err != nil || !info.Replayed {
+					t.Fatalf("replay: %v %+v", err, info)
+				}
+				if n, names := c.count.read(); n != 1 || !slices.Equal(names, []string{"evalsha"}) {
+					t.Errorf("replay #%d: %d round trips %v, want 1 [evalsha]", i, n, names)
+				}
+			}
+		})
+	}
+}
+
+// TestCounterSeesClusterTraffic makes sure counting is wired: a command on
+// the cluster passes through the node hooks.
+func TestCounterSeesClusterTraffic(t *testing.T) {
+	c := countedClients(t)["cluster"]
+	ctx := context.Background()
+	if err := c.client.Set(ctx, "rt:probe", "v", 0).Err(); err != nil { // dial
+		t.Fatal(err)
+	}
+	c.count.reset()
+	if err := c.client.Set(ctx, "rt:probe", "v", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if n, names := c.count.read(); n != 1 {
+		t.Fatalf("hook saw %d round trips %v for one SET, want 1", n, names)
+	}
+}
