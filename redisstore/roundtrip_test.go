@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/codec"
 	"github.com/idemkit/idem/internal/redistest"
 	"github.com/idemkit/idem/redisstore"
 	"github.com/redis/go-redis/v9"
@@ -124,5 +125,30 @@ func TestCounterSeesClusterTraffic(t *testing.T) {
 	}
 	if n, names := c.count.read(); n != 1 {
 		t.Fatalf("hook saw %d round trips %v for one SET, want 1", n, names)
+	}
+}
+
+// TestRecordMemory measures what one stored record costs Redis (MEMORY
+// USAGE), for the README, and keeps the overhead bounded.
+func TestRecordMemory(t *testing.T) {
+	client := redistest.Single(t)
+	ctx := context.Background()
+	prefix := fmt.Sprint("mem:", time.Now().UnixNano(), ":")
+	op := idem.New[string, benchResult](redisstore.New(client, redisstore.WithPrefix(prefix)))
+	res := benchResult{ID: "ch_3Mtw4xLkdIwHu7ix0QjHZyqf", Amount: 1999, Currency: "eur", Status: "succeeded"}
+	if _, err := op.Do(ctx, "8e03978e-40d5-43e8-bc93-6894a57f9324", "req", func(context.Context, string) (benchResult, error) { return res, nil }); err != nil {
+		t.Fatal(err)
+	}
+	key := prefix + "8e03978e-40d5-43e8-bc93-6894a57f9324"
+	value, _ := client.Get(ctx, key).Result()
+	usage, err := client.MemoryUsage(ctx, key).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload, _ := codec.MsgPack{}.Marshal(res)
+	t.Logf("record for a %d-byte msgpack result: value %d bytes (header %d), key %d bytes, MEMORY USAGE %d bytes",
+		len(payload), len(value), len(value)-len(payload), len(key), usage)
+	if overhead := int(usage) - len(value) - len(key); overhead > 128 {
+		t.Errorf("Redis overhead per record is %d bytes beyond key and value, want <= 128", overhead)
 	}
 }
