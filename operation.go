@@ -114,8 +114,8 @@ func (o *Operation[Req, Resp]) DoInfo(ctx context.Context, key string, req Req, 
 		}
 		switch {
 		case acq.Record != nil:
-			info.Replayed = true
 			resp, err := o.replay(acq.Record, fp)
+			info.Replayed = err == nil || errors.Is(err, ErrReplayed)
 			return resp, info, err
 		case acq.Lease != nil:
 			resp, err := o.execute(ctx, acq.Lease, fp, req, fn)
@@ -132,15 +132,20 @@ func (o *Operation[Req, Resp]) DoInfo(ctx context.Context, key string, req Req, 
 			waitCtx, cancel = context.WithTimeout(ctx, o.cfg.wait)
 			defer cancel()
 		}
-		if err := o.store.Wait(waitCtx, skey); err != nil || waitCtx.Err() != nil {
-			switch {
-			case ctx.Err() != nil:
-				return zero, info, fmt.Errorf("idem: waiting for in-flight request: %w", ctx.Err())
-			case waitCtx.Err() != nil:
-				return zero, info, fmt.Errorf("%w (waited %v)", ErrInFlight, o.cfg.wait)
-			default:
-				return zero, info, fmt.Errorf("%w: waiting: %w", ErrStore, err)
-			}
+		// Check before waiting rather than after, so that a result that
+		// landed as the wait ended is still picked up by one more Acquire.
+		err = waitCtx.Err()
+		if err == nil {
+			err = o.store.Wait(waitCtx, skey)
+		}
+		switch {
+		case err == nil:
+		case ctx.Err() != nil:
+			return zero, info, fmt.Errorf("idem: waiting for in-flight request: %w", ctx.Err())
+		case waitCtx.Err() != nil:
+			return zero, info, fmt.Errorf("%w (waited %v)", ErrInFlight, o.cfg.wait)
+		default:
+			return zero, info, fmt.Errorf("%w: waiting: %w", ErrStore, err)
 		}
 	}
 }

@@ -30,6 +30,35 @@ var operationTests = []test{
 	{"CancelledCallerStillReleases", testCancelledCaller},
 	{"WaiterTakesOverAfterFailure", testWaiterTakesOver},
 	{"ResultExpires", testResultExpires},
+	{"WaitTimeoutGivesInFlight", testWaitTimeout},
+}
+
+func testWaitTimeout(t *testing.T, e *env) {
+	const wait = 100 * time.Millisecond
+	op := idem.New[string, int](e.store, idem.WithWaitTimeout(wait))
+	key := e.key("k")
+	release, started := make(chan struct{}), make(chan struct{})
+	go func() {
+		_, _ = op.Do(ctxFor(t), key, "r", func(context.Context, string) (int, error) {
+			close(started)
+			<-release
+			return 1, nil
+		})
+	}()
+	defer close(release)
+	<-started
+	begin := time.Now()
+	_, info, err := op.DoInfo(ctxFor(t), key, "r", func(context.Context, string) (int, error) {
+		t.Error("fn ran while another execution held the key")
+		return 0, nil
+	})
+	d := time.Since(begin)
+	if !errors.Is(err, idem.ErrInFlight) || info.Replayed {
+		t.Fatalf("err = %v, replayed = %v; want ErrInFlight after the wait", err, info.Replayed)
+	}
+	if d < wait || d > wait+2*time.Second {
+		t.Fatalf("returned after %v, want about the wait timeout %v", d, wait)
+	}
 }
 
 type order struct {
