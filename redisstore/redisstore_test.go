@@ -21,3 +21,8 @@ func TestConformanceCluster(t *testing.T) {
 	s := redisstore.New(redistest.Cluster(t))
 	idemtest.TestStore(t, func(*testing.T) idem.Store { return s })
 }
+
+func TestConformanceSentinel(t *testing.T) {
+	s := redisstore.New(redistest.Sentinel(t))
+	idemtest.TestStore(t, func(*testing.T) idem.Store { return s })
+}

@@ -41,9 +41,11 @@ var servers struct {
 	mu      sync.Mutex
 	single  *Server
 	cluster []*Server
-	err     error // a start failure, reported to every caller
-	started []*Server
-	tmp     string
+	// sentinel watches its own primary, sentinelOf.
+	sentinel, sentinelOf *Server
+	err                  error // a start failure, reported to every caller
+	started              []*Server
+	tmp                  string
 }
 
 // Main runs the tests and stops every server they started.
@@ -182,6 +184,81 @@ func Cluster(tb testing.TB) *redis.ClusterClient {
 	})
 	tb.Cleanup(func() { c.Close() })
 	return c
+}
+
+// SentinelMaster is the name under which the test Sentinel monitors its
+// primary.
+const SentinelMaster = "idemtest"
+
+// Sentinel returns a failover client that finds its primary through the
+// binary's Redis Sentinel (one sentinel watching one primary), starting them
+// on first use. The client is closed when tb ends.
+func Sentinel(tb testing.TB) *redis.Client {
+	tb.Helper()
+	lookPath(tb)
+	servers.mu.Lock()
+	if servers.sentinel == nil && servers.err == nil {
+		servers.sentinel, servers.sentinelOf, servers.err = newSentinel()
+	}
+	err, sentinel := servers.err, servers.sentinel
+	servers.mu.Unlock()
+	if err != nil {
+		tb.Fatalf("redistest: %v", err)
+	}
+	o := Options("")
+	c := redis.NewFailoverClient(&redis.FailoverOptions{
+		MasterName:            SentinelMaster,
+		SentinelAddrs:         []string{sentinel.Addr},
+		ContextTimeoutEnabled: true,
+		DisableIdentity:       true,
+		Protocol:              o.Protocol,
+	})
+	tb.Cleanup(func() { c.Close() })
+	return c
+}
+
+// newSentinel starts a primary and a sentinel that monitors it; the caller
+// holds servers.mu.
+func newSentinel() (sentinel, primary *Server, err error) {
+	primary, err = newServer(false)
+	if err != nil {
+		return nil, nil, err
+	}
+	port, err := freePort(false)
+	if err != nil {
+		return nil, nil, err
+	}
+	dir := filepath.Join(servers.tmp, "sentinel-"+strconv.Itoa(port))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, nil, err
+	}
+	// Sentinel rewrites its configuration file, so it needs one of its own.
+	conf := filepath.Join(dir, "sentinel.conf")
+	text := fmt.Sprintf("port %d\nbind 127.0.0.1\ndir %s\nsentinel monitor %s 127.0.0.1 %d 1\nsentinel down-after-milliseconds %s 5000\n",
+		port, dir, SentinelMaster, primary.Port, SentinelMaster)
+	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
+		return nil, nil, err
+	}
+	sentinel = &Server{Addr: "127.0.0.1:" + strconv.Itoa(port), Port: port, dir: dir, args: []string{conf, "--sentinel"}}
+	if err := sentinel.start(); err != nil {
+		return nil, nil, err
+	}
+	servers.started = append(servers.started, sentinel)
+	c := redis.NewSentinelClient(&redis.Options{Addr: sentinel.Addr})
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for {
+		addr, err := c.GetMasterAddrByName(ctx, SentinelMaster).Result()
+		if err == nil && len(addr) == 2 && addr[1] == strconv.Itoa(primary.Port) {
+			return sentinel, primary, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, nil, fmt.Errorf("sentinel does not report its primary: %v", err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 // newServer starts a redis-server; the caller holds servers.mu.
