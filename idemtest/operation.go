@@ -33,20 +33,27 @@ var operationTests = []test{
 	{"WaitTimeoutGivesInFlight", testWaitTimeout},
 }
 
+// holdKey starts a call of op on key whose fn blocks, and returns once fn
+// runs. The returned func lets fn return and waits for the call to end.
+func holdKey(t *testing.T, op *idem.Operation[string, int], key string) (release func()) {
+	rel, started, done := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		_, _ = op.Do(ctxFor(t), key, "r", func(context.Context, string) (int, error) {
+			close(started)
+			<-rel
+			return 1, nil
+		})
+	}()
+	<-started
+	return func() { close(rel); <-done }
+}
+
 func testWaitTimeout(t *testing.T, e *env) {
 	const wait = 100 * time.Millisecond
 	op := idem.New[string, int](e.store, idem.WithWaitTimeout(wait))
 	key := e.key("k")
-	release, started := make(chan struct{}), make(chan struct{})
-	go func() {
-		_, _ = op.Do(ctxFor(t), key, "r", func(context.Context, string) (int, error) {
-			close(started)
-			<-release
-			return 1, nil
-		})
-	}()
-	defer close(release)
-	<-started
+	defer holdKey(t, op, key)()
 	begin := time.Now()
 	_, info, err := op.DoInfo(ctxFor(t), key, "r", func(context.Context, string) (int, error) {
 		t.Error("fn ran while another execution held the key")
@@ -436,17 +443,7 @@ func testLostLease(t *testing.T, e *env) {
 func testCancelWait(t *testing.T, e *env) {
 	op := idem.New[string, int](e.store, idem.WithWaitTimeout(time.Minute))
 	key := e.key("k")
-	release := make(chan struct{})
-	started := make(chan struct{})
-	go func() {
-		_, _ = op.Do(ctxFor(t), key, "r", func(context.Context, string) (int, error) {
-			close(started)
-			<-release
-			return 1, nil
-		})
-	}()
-	defer close(release)
-	<-started
+	defer holdKey(t, op, key)()
 	ctx, cancel := context.WithTimeout(ctxFor(t), 80*time.Millisecond)
 	defer cancel()
 	begin := time.Now()
