@@ -187,14 +187,20 @@ func (e *canon) mapValue(v reflect.Value, depth int) error {
 	start := len(e.buf)
 	type span struct{ from, keyEnd, to int }
 	spans := make([]span, 0, v.Len())
+	// SetIterKey and SetIterValue reuse k and val instead of allocating a
+	// copy of every entry.
+	k := reflect.New(v.Type().Key()).Elem()
+	val := reflect.New(v.Type().Elem()).Elem()
 	it := v.MapRange()
 	for it.Next() {
 		s := span{from: len(e.buf)}
-		if err := e.value(it.Key(), depth+1); err != nil {
+		k.SetIterKey(it)
+		if err := e.value(k, depth+1); err != nil {
 			return err
 		}
 		s.keyEnd = len(e.buf)
-		if err := e.value(it.Value(), depth+1); err != nil {
+		val.SetIterValue(it)
+		if err := e.value(val, depth+1); err != nil {
 			return err
 		}
 		s.to = len(e.buf)

@@ -157,13 +157,13 @@ func (o *Operation[Req, Resp]) replay(b []byte, fp string) (Resp, error) {
 	if err != nil {
 		return resp, err
 	}
-	if o.cfg.validate && r.fingerprint != fp {
+	if o.cfg.validate && string(r.fingerprint) != fp {
 		return resp, ErrKeyReused
 	}
 	if r.kind == kindError {
 		return resp, &ReplayedError{Message: string(r.payload)}
 	}
-	if r.codec != o.cfg.codec.Name() {
+	if string(r.codec) != o.cfg.codec.Name() {
 		return resp, fmt.Errorf("%w: written by codec %q, reading with %q", ErrCorruptRecord, r.codec, o.cfg.codec.Name())
 	}
 	if err := o.cfg.codec.Unmarshal(r.payload, &resp); err != nil {

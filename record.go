@@ -39,8 +39,17 @@ func (r record) encode() []byte {
 
 var errShort = errors.New("truncated")
 
-func decodeRecord(b []byte) (record, error) {
-	var r record
+// recordView is a decoded record whose fields point into the stored bytes,
+// so that replaying allocates nothing for them.
+type recordView struct {
+	kind        byte
+	fingerprint []byte
+	codec       []byte
+	payload     []byte
+}
+
+func decodeRecord(b []byte) (recordView, error) {
+	var r recordView
 	if len(b) < len(recordMagic) || string(b[:len(recordMagic)]) != recordMagic {
 		return r, fmt.Errorf("%w: not an idem record", ErrCorruptRecord)
 	}
@@ -60,7 +69,7 @@ func decodeRecord(b []byte) (record, error) {
 	if !ok {
 		return r, fmt.Errorf("%w: %w codec name", ErrCorruptRecord, errShort)
 	}
-	r.fingerprint, r.codec, r.payload = string(fp), string(cd), b
+	r.fingerprint, r.codec, r.payload = fp, cd, b
 	if r.kind == kindError && !utf8.Valid(r.payload) {
 		return r, fmt.Errorf("%w: error message is not UTF-8", ErrCorruptRecord)
 	}
