@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -233,43 +234,54 @@ func cleanupContext(ctx context.Context, d time.Duration) (context.Context, cont
 
 // keepAlive refreshes lease every third of ttl until stop is called. When the
 // lease is lost, or cannot be refreshed for a whole ttl, it cancels fn's
-// context with ErrLeaseLost. stop waits for the refresher to exit.
+// context with ErrLeaseLost and refreshes no more. It runs on a timer, so a
+// fn that finishes within a third of ttl costs no goroutine. stop waits for
+// a refresh under way, so that no Lease method runs after it returns.
 func keepAlive(ctx context.Context, lease Lease, ttl time.Duration, cancel context.CancelCauseFunc) (stop func()) {
-	done := make(chan struct{})
-	exited := make(chan struct{})
-	go func() {
-		defer close(exited)
-		t := time.NewTicker(ttl / 3)
-		defer t.Stop()
-		lastOK := time.Now()
-		for {
-			// The caller's ctx ending does not stop the refresher: fn may
-			// still be winding down, and Commit or Release ends the lease.
-			select {
-			case <-done:
-				return
-			case <-t.C:
-			}
-			rctx, rcancel := cleanupContext(ctx, ttl/3)
-			err := lease.Refresh(rctx, ttl)
-			rcancel()
-			switch {
-			case err == nil:
-				lastOK = time.Now()
-			case errors.Is(err, ErrLeaseLost) || time.Since(lastOK) >= ttl:
-				cancel(ErrLeaseLost)
-				<-done
-				return
-			}
+	var (
+		mu      sync.Mutex
+		stopped bool
+		running sync.WaitGroup
+		timer   *time.Timer
+		lastOK  = time.Now() // touched by one refresh at a time
+	)
+	refresh := func() {
+		mu.Lock()
+		if stopped {
+			mu.Unlock()
+			return
 		}
-	}()
-	var stopped bool
-	return func() {
+		running.Add(1)
+		mu.Unlock()
+		defer running.Done()
+
+		// The caller's ctx ending does not stop refreshing: fn may still be
+		// winding down, and Commit or Release ends the lease.
+		rctx, rcancel := cleanupContext(ctx, ttl/3)
+		err := lease.Refresh(rctx, ttl)
+		rcancel()
+		switch {
+		case err == nil:
+			lastOK = time.Now()
+		case errors.Is(err, ErrLeaseLost) || time.Since(lastOK) >= ttl:
+			cancel(ErrLeaseLost)
+			return
+		}
+		mu.Lock()
 		if !stopped {
-			stopped = true
-			close(done)
-			<-exited
+			timer.Reset(ttl / 3)
 		}
+		mu.Unlock()
+	}
+	mu.Lock()
+	timer = time.AfterFunc(ttl/3, refresh)
+	mu.Unlock()
+	return func() {
+		mu.Lock()
+		stopped = true
+		timer.Stop()
+		mu.Unlock()
+		running.Wait()
 	}
 }
 

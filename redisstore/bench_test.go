@@ -73,9 +73,9 @@ func BenchmarkRedis(b *testing.B) {
 			}
 			report(b)
 		})
+		i := 0 // outside b.Run: with -count, each run needs new keys
 		b.Run(name+"/FirstExecution", func(b *testing.B) {
 			b.ReportAllocs()
-			i := 0
 			count.reset()
 			for b.Loop() {
 				i++
