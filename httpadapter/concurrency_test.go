@@ -1,0 +1,262 @@
+package httpadapter_test
+
+import (
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/httpadapter"
+)
+
+// gate blocks handlers until it is opened; the test's cleanup opens it, so
+// that a failing test does not leave the server hanging.
+type gate struct {
+	started chan struct{}
+	open    chan struct{}
+	once    sync.Once
+}
+
+func newGate(t *testing.T) *gate {
+	g := &gate{started: make(chan struct{}, 100), open: make(chan struct{})}
+	t.Cleanup(g.release)
+	return g
+}
+
+func (g *gate) release() { g.once.Do(func() { close(g.open) }) }
+
+// handler reports that it started, waits for the gate, then runs h.
+func (g *gate) handler(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		g.started <- struct{}{}
+		select {
+		case <-g.open:
+		case <-r.Context().Done():
+		}
+		h(w, r)
+	}
+}
+
+// sendAsync sends c from another goroutine.
+func (e *env) sendAsync(c call) <-chan reply {
+	ch := make(chan reply, 1)
+	go func() {
+		r, err := e.try(c)
+		if err != nil {
+			e.t.Error(err)
+		}
+		ch <- r
+	}()
+	return ch
+}
+
+func testInFlight(t *testing.T, newStore newStoreFunc) {
+	g := newGate(t)
+	e := start(t, newStore(t), g.handler(createHandler))
+	key := newKey()
+	firstCh := e.sendAsync(call{key: key, body: "{}"})
+	<-g.started
+
+	r := e.send(call{key: key, body: "{}"})
+	wantProblem(t, r, http.StatusConflict, httpadapter.ProblemInFlight)
+	if got := r.header.Get("Retry-After"); got != "1" {
+		t.Errorf("Retry-After = %q, want 1", got)
+	}
+	if got := r.header.Get(httpadapter.HeaderKey); got != key {
+		t.Errorf("409 echoed key %q, want %q", got, key)
+	}
+	// Another request under the key is a reuse, even while in flight.
+	wantProblem(t, e.send(call{key: key, body: `{"other":1}`}), http.StatusUnprocessableEntity, httpadapter.ProblemKeyReused)
+
+	g.release()
+	first := <-firstCh
+	wantNew(t, first, http.StatusCreated)
+	if got, want := r.header.Get(httpadapter.HeaderSignature), first.header.Get(httpadapter.HeaderSignature); got != want {
+		t.Errorf("409 signature %q, want the request's %q", got, want)
+	}
+	wantHit(t, e.send(call{key: key, body: "{}"}), first)
+	e.wantRuns(1)
+}
+
+func testWaitTimeout(t *testing.T, newStore newStoreFunc) {
+	g := newGate(t)
+	e := start(t, newStore(t), g.handler(createHandler), httpadapter.WithOptions(idem.WithWaitTimeout(5*time.Second)))
+	key := newKey()
+	firstCh := e.sendAsync(call{key: key, body: "{}"})
+	<-g.started
+	secondCh := e.sendAsync(call{key: key, body: "{}"})
+	time.Sleep(100 * time.Millisecond) // let the second request start waiting
+	g.release()
+	first := <-firstCh
+	wantNew(t, first, http.StatusCreated)
+	wantHit(t, <-secondCh, first)
+	e.wantRuns(1)
+
+	// A wait that times out is a 409.
+	g2 := newGate(t)
+	e2 := start(t, newStore(t), g2.handler(createHandler), httpadapter.WithOptions(idem.WithWaitTimeout(50*time.Millisecond)))
+	key = newKey()
+	firstCh = e2.sendAsync(call{key: key, body: "{}"})
+	<-g2.started
+	begin := time.Now()
+	wantProblem(t, e2.send(call{key: key, body: "{}"}), http.StatusConflict, httpadapter.ProblemInFlight)
+	if d := time.Since(begin); d < 50*time.Millisecond {
+		t.Errorf("409 after %v, before the wait timeout", d)
+	}
+	g2.release()
+	wantNew(t, <-firstCh, http.StatusCreated)
+	e2.wantRuns(1)
+}
+
+// testConcurrent sends 50 identical requests at once: the handler runs once,
+// and the others get 409 while it runs.
+func testConcurrent(t *testing.T, newStore newStoreFunc) {
+	const n = 50
+	g := newGate(t)
+	e := start(t, newStore(t), g.handler(createHandler))
+	key := newKey()
+	replies := make(chan reply, n)
+	var ready sync.WaitGroup
+	ready.Add(n)
+	for range n {
+		go func() {
+			ready.Done()
+			ready.Wait()
+			r, err := e.try(call{key: key, body: "{}"})
+			if err != nil {
+				t.Error(err)
+			}
+			replies <- r
+		}()
+	}
+	for range n - 1 {
+		r := <-replies
+		wantProblem(t, r, http.StatusConflict, httpadapter.ProblemInFlight)
+	}
+	g.release()
+	first := <-replies
+	wantNew(t, first, http.StatusCreated)
+	wantHit(t, e.send(call{key: key, body: "{}"}), first)
+	e.wantRuns(1)
+}
+
+// testConcurrentWait sends 50 identical requests at once with a wait
+// timeout: the handler runs once, and all get its response.
+func testConcurrentWait(t *testing.T, newStore newStoreFunc) {
+	const n = 50
+	e := start(t, newStore(t), func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(200 * time.Millisecond)
+		createHandler(w, r)
+	}, httpadapter.WithOptions(idem.WithWaitTimeout(5*time.Second)))
+	key := newKey()
+	replies := make([]reply, n)
+	var wg sync.WaitGroup
+	var ready sync.WaitGroup
+	ready.Add(n)
+	for i := range n {
+		wg.Go(func() {
+			ready.Done()
+			ready.Wait()
+			r, err := e.try(call{key: key, body: "{}"})
+			if err != nil {
+				t.Error(err)
+			}
+			replies[i] = r
+		})
+	}
+	wg.Wait()
+	var news, hits int
+	for _, r := range replies {
+		switch r.header.Get(httpadapter.HeaderStatus) {
+		case httpadapter.StatusNew:
+			news++
+		case httpadapter.StatusHit:
+			hits++
+		}
+		if r.status != http.StatusCreated || r.body != replies[0].body {
+			t.Errorf("got %d %q, want 201 %q", r.status, r.body, replies[0].body)
+		}
+	}
+	if news != 1 || hits != n-1 {
+		t.Errorf("%d new and %d hits, want 1 and %d", news, hits, n-1)
+	}
+	e.wantRuns(1)
+}
+
+// testSlowerThanLease runs a handler for four times the lease TTL: the
+// lease is refreshed, so duplicates never run it again.
+func testSlowerThanLease(t *testing.T, newStore newStoreFunc) {
+	const lease, run = 100 * time.Millisecond, 400 * time.Millisecond
+	store := newStore(t)
+	var started atomic.Int64
+	slow := func(w http.ResponseWriter, r *http.Request) {
+		started.Store(time.Now().UnixNano())
+		time.Sleep(run)
+		createHandler(w, r)
+	}
+	e := start(t, store, slow, httpadapter.WithOptions(idem.WithLockTTL(lease)))
+	key := newKey()
+	firstCh := e.sendAsync(call{key: key, body: "{}"})
+	for started.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	begin := time.Unix(0, started.Load())
+	var dups int
+	for time.Since(begin) < run-50*time.Millisecond {
+		time.Sleep(lease / 2)
+		r := e.send(call{key: key, body: "{}"})
+		if r.status != http.StatusConflict {
+			t.Errorf("duplicate at %v: status %d, want 409", time.Since(begin), r.status)
+		}
+		dups++
+	}
+	first := <-firstCh
+	wantNew(t, first, http.StatusCreated)
+	wantHit(t, e.send(call{key: key, body: "{}"}), first)
+	e.wantRuns(1)
+	if dups < 4 {
+		t.Errorf("only %d duplicates sent while the handler ran", dups)
+	}
+
+	// A duplicate that waits past the lease TTL gets the response.
+	e = start(t, store, slow, httpadapter.WithOptions(idem.WithLockTTL(lease), idem.WithWaitTimeout(5*time.Second)))
+	started.Store(0)
+	key = newKey()
+	firstCh = e.sendAsync(call{key: key, body: "{}"})
+	for started.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	second := e.send(call{key: key, body: "{}"})
+	first = <-firstCh
+	wantNew(t, first, http.StatusCreated)
+	wantHit(t, second, first)
+	e.wantRuns(1)
+}
+
+// testPanic checks that a handler that panics stores nothing: a retry runs
+// it again. WriteHeader with an invalid code panics, as with net/http.
+func testPanic(t *testing.T, newStore newStoreFunc) {
+	var n atomic.Int32
+	e := start(t, newStore(t), func(w http.ResponseWriter, r *http.Request) {
+		switch n.Add(1) {
+		case 1:
+			w.WriteHeader(http.StatusCreated)
+			panic(http.ErrAbortHandler)
+		case 2:
+			w.WriteHeader(42)
+		default:
+			createHandler(w, r)
+		}
+	})
+	e.client.Transport.(*http.Transport).DisableKeepAlives = true // no retries by the client
+	key := newKey()
+	for range 2 {
+		if r, err := e.try(call{key: key, body: "{}"}); err == nil {
+			t.Fatalf("handler panicked, yet got %d %q", r.status, r.body)
+		}
+	}
+	wantNew(t, e.send(call{key: key, body: "{}"}), http.StatusCreated)
+	e.wantRuns(3)
+}

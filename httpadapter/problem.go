@@ -1,0 +1,92 @@
+package httpadapter
+
+import (
+	"encoding/json"
+	"net/http"
+	"strconv"
+)
+
+// Problem type URIs: the "type" member of the RFC 9457 problem details
+// (application/problem+json) the middleware answers with when it does not
+// run the handler. They are stable; match on them, not on titles or details.
+const (
+	// ProblemKeyMissing (400): the request has no Idempotency-Key header,
+	// and the key is required.
+	ProblemKeyMissing = "https://idemkit.dev/problems/idempotency-key-missing"
+	// ProblemKeyInvalid (400): the Idempotency-Key header is empty, repeated,
+	// too long, not printable ASCII, or a malformed quoted string.
+	ProblemKeyInvalid = "https://idemkit.dev/problems/idempotency-key-invalid"
+	// ProblemKeyReused (422): the key was first used with another request
+	// (another method, path, query, body or fingerprinted header).
+	ProblemKeyReused = "https://idemkit.dev/problems/idempotency-key-reused"
+	// ProblemInFlight (409): a request with this key is still being
+	// processed; retry after the Retry-After delay.
+	ProblemInFlight = "https://idemkit.dev/problems/idempotency-request-in-flight"
+	// ProblemBodyTooLarge (413): the request body is larger than the limit
+	// set by WithMaxBodyBytes.
+	ProblemBodyTooLarge = "https://idemkit.dev/problems/request-body-too-large"
+	// ProblemBodyUnreadable (400): the request body could not be read,
+	// usually because the client went away while sending it.
+	ProblemBodyUnreadable = "https://idemkit.dev/problems/request-body-unreadable"
+	// ProblemStoreUnavailable (503): the idempotency store failed, or the
+	// request ended while waiting for it or for an in-flight request, before
+	// the handler ran; retry after the Retry-After delay.
+	ProblemStoreUnavailable = "https://idemkit.dev/problems/idempotency-store-unavailable"
+	// ProblemInternal (500): the middleware is misconfigured, or a stored
+	// response could not be read. The hook set by WithErrorHook gets the
+	// cause.
+	ProblemInternal = "https://idemkit.dev/problems/idempotency-internal-error"
+)
+
+// retryAfter is the Retry-After value, in seconds, of 409 and 503 problems.
+const retryAfter = "1"
+
+// problemTitle returns the title and status of the problem type typ.
+func problemTitle(typ string) (title string, status int) {
+	switch typ {
+	case ProblemKeyMissing:
+		return "Idempotency-Key is missing", http.StatusBadRequest
+	case ProblemKeyInvalid:
+		return "Idempotency-Key is invalid", http.StatusBadRequest
+	case ProblemKeyReused:
+		return "Idempotency-Key is already used", http.StatusUnprocessableEntity
+	case ProblemInFlight:
+		return "A request is outstanding for this Idempotency-Key", http.StatusConflict
+	case ProblemBodyTooLarge:
+		return "Request body is too large", http.StatusRequestEntityTooLarge
+	case ProblemBodyUnreadable:
+		return "Request body could not be read", http.StatusBadRequest
+	case ProblemStoreUnavailable:
+		return "Idempotency store is unavailable", http.StatusServiceUnavailable
+	default:
+		return "Idempotency processing failed", http.StatusInternalServerError
+	}
+}
+
+// problem is an RFC 9457 problem details object.
+type problem struct {
+	Type   string `json:"type"`
+	Title  string `json:"title"`
+	Status int    `json:"status"`
+	Detail string `json:"detail,omitempty"`
+}
+
+// writeProblem answers with a problem of type typ, one of the Problem
+// constants.
+func writeProblem(w http.ResponseWriter, typ, detail string) {
+	title, status := problemTitle(typ)
+	b, err := json.Marshal(problem{Type: typ, Title: title, Status: status, Detail: detail})
+	if err != nil { // cannot happen: the struct holds only strings and an int
+		http.Error(w, title, status)
+		return
+	}
+	b = append(b, '\n')
+	h := w.Header()
+	h.Set("Content-Type", "application/problem+json")
+	h.Set("Content-Length", strconv.Itoa(len(b)))
+	if status == http.StatusConflict || status == http.StatusServiceUnavailable {
+		h.Set("Retry-After", retryAfter)
+	}
+	w.WriteHeader(status)
+	_, _ = w.Write(b)
+}
