@@ -29,6 +29,34 @@ var storeTests = []test{
 	{"WaitHonoursContext", testWaitContext},
 	{"KeysAreIndependent", testIndependentKeys},
 	{"EmptyRecord", testEmptyRecord},
+	{"ExpiredLeaseOnFreeKey", testExpiredLeaseFreeKey},
+}
+
+// testExpiredLeaseFreeKey checks that an expired lease stays lost even when
+// nobody took the key since: a holder that stalled past its lease must not
+// get it back, because another caller may have run fn and failed meanwhile.
+func testExpiredLeaseFreeKey(t *testing.T, e *env) {
+	for _, op := range []string{"Refresh", "Commit", "Release"} {
+		k := e.key(op)
+		l := acquireLease(t, e.store, k, "fp", 30*time.Millisecond)
+		time.Sleep(100 * time.Millisecond)
+		var err error
+		switch op {
+		case "Refresh":
+			err = l.Refresh(ctxFor(t), time.Minute)
+		case "Commit":
+			err = l.Commit(ctxFor(t), []byte("late"), time.Minute)
+		case "Release":
+			err = l.Release(ctxFor(t))
+		}
+		if !errors.Is(err, idem.ErrLeaseLost) {
+			t.Errorf("%s of an expired lease on a free key = %v, want ErrLeaseLost", op, err)
+		}
+		a, err := e.store.Acquire(ctxFor(t), k, "other", time.Minute)
+		if err != nil || a.Lease == nil {
+			t.Errorf("after a late %s the key is not free: %+v, %v", op, a, err)
+		}
+	}
 }
 
 // testEmptyRecord checks that an empty record is still a record: non-nil,

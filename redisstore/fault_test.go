@@ -224,3 +224,22 @@ func TestHelperProcess(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// TestCommitIsIdempotent: a commit retried after its reply was lost (by
+// go-redis or by idem) must report success, not a lost lease.
+func TestCommitIsIdempotent(t *testing.T) {
+	s := redisstore.New(redistest.Single(t), redisstore.WithPrefix(fmt.Sprint("ci:", time.Now().UnixNano(), ":")))
+	ctx := context.Background()
+	a, err := s.Acquire(ctx, "k", "fp", time.Minute)
+	if err != nil || a.Lease == nil {
+		t.Fatalf("Acquire: %+v %v", a, err)
+	}
+	for i := range 2 {
+		if err := a.Lease.Commit(ctx, []byte("record"), time.Minute); err != nil {
+			t.Fatalf("Commit #%d: %v", i+1, err)
+		}
+	}
+	if err := a.Lease.Commit(ctx, []byte("other record"), time.Minute); !errors.Is(err, idem.ErrLeaseLost) {
+		t.Fatalf("Commit of different bytes after the record: %v, want ErrLeaseLost", err)
+	}
+}

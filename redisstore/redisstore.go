@@ -15,14 +15,24 @@
 //
 // # Round trips
 //
-// A replay costs one round trip: a script reads the key and finds the record.
-// A first execution costs two: the same script finds the key absent and sets
-// the lease in the same call, and the commit script stores the record. The
-// lease value is written in bsm/redislock's format with a token of our own,
-// so the first refresh (after a third of the lease TTL) adopts it as a
-// redislock.Lock through redislock's token re-obtain, and later refreshes and
-// the release on failure go through that lock. Waiting duplicates poll the
-// key with exponential backoff (redislock's) until the lease is gone.
+// A replay costs one round trip and a first execution two. Acquire sends a
+// GET of the key and redislock's obtain script (SET-if-absent of the lease)
+// in one pipeline: when the key holds a record, the GET returns it and the
+// obtain fails harmlessly; when it is absent, the obtain takes the lease.
+// The commit script is the second round trip. Refreshes while fn runs and the
+// release on failure go through the redislock.Lock, whose scripts act only
+// while the key holds this caller's exact lease value. A waiting duplicate
+// polls the key with exponential backoff (redislock's) until the lease is
+// gone.
+//
+// # Deployment
+//
+// Every key idem writes carries a TTL. Run Redis with maxmemory-policy
+// noeviction (the default) or a non-volatile policy: under volatile-* or
+// allkeys-* eviction, Redis may drop a lease or a record under memory
+// pressure, and the next call with that key runs fn again. Likewise a
+// failover to a replica that had not yet received a write (replication is
+// asynchronous) can lose a lease or a record.
 //
 // # Client settings
 //
@@ -57,20 +67,15 @@ const (
 // DefaultPrefix is put before every idempotency key to form its Redis key.
 const DefaultPrefix = "idem:"
 
-// acquire returns the value under KEYS[1] or, when there is none, sets the
-// lease ARGV[1] with expiry ARGV[2] ms and returns false (nil).
-var acquireScript = redis.NewScript(`
-local v = redis.call("GET", KEYS[1])
-if v then return v end
-redis.call("SET", KEYS[1], ARGV[1], "PX", ARGV[2])
-return false
-`)
-
 // commit replaces the lease ARGV[1] under KEYS[1] by the record ARGV[2] with
 // expiry ARGV[3] ms; it returns 0 and writes nothing when the key does not
-// hold exactly that lease.
+// hold exactly that lease. It returns 1 also when the key already holds the
+// record, so that a commit retried after a lost reply (go-redis retries, or
+// idem's own) reports success instead of a lost lease.
 var commitScript = redis.NewScript(`
-if redis.call("GET", KEYS[1]) ~= ARGV[1] then return 0 end
+local v = redis.call("GET", KEYS[1])
+if v == ARGV[2] then return 1 end
+if v ~= ARGV[1] then return 0 end
 redis.call("SET", KEYS[1], ARGV[2], "PX", ARGV[3])
 return 1
 `)
@@ -84,15 +89,19 @@ func WithPrefix(p string) Option { return func(s *Store) { s.prefix = p } }
 
 // WithPollBackoff sets the bounds of the exponential backoff with which a
 // waiting duplicate polls an in-flight key. The defaults are 8ms and 200ms.
+// Values below a millisecond are raised to one, and maxWait to at least
+// minWait.
 func WithPollBackoff(minWait, maxWait time.Duration) Option {
-	return func(s *Store) { s.pollMin, s.pollMax = minWait, maxWait }
+	return func(s *Store) {
+		s.pollMin = max(minWait, time.Millisecond)
+		s.pollMax = max(maxWait, s.pollMin)
+	}
 }
 
 // Store is an idem.Store on Redis. Create it with New. It is safe for
 // concurrent use.
 type Store struct {
 	client           redis.UniversalClient
-	locker           *redislock.Client
 	prefix           string
 	pollMin, pollMax time.Duration
 }
@@ -103,7 +112,6 @@ var _ idem.Store = (*Store)(nil)
 func New(client redis.UniversalClient, opts ...Option) *Store {
 	s := &Store{
 		client:  client,
-		locker:  redislock.New(client),
 		prefix:  DefaultPrefix,
 		pollMin: 8 * time.Millisecond,
 		pollMax: 200 * time.Millisecond,
@@ -116,21 +124,71 @@ func New(client redis.UniversalClient, opts ...Option) *Store {
 	return s
 }
 
-// Acquire implements idem.Store in one round trip.
+// errNilClient is returned by a Store made with a nil client.
+var errNilClient = errors.New("redisstore: nil redis client")
+
+// Acquire implements idem.Store in one round trip (rarely more, when the key
+// changes between the GET and the obtain of one attempt).
 func (s *Store) Acquire(ctx context.Context, key, fingerprint string, ttl time.Duration) (idem.Acquisition, error) {
-	token, err := newToken()
-	if err != nil {
-		return idem.Acquisition{}, err
+	if s.client == nil {
+		return idem.Acquisition{}, errNilClient
 	}
 	rkey := s.prefix + key
-	v, err := acquireScript.Run(ctx, s.client, []string{rkey}, token+fingerprint, millis(ttl)).Text()
-	switch {
-	case errors.Is(err, redis.Nil):
-		return idem.Acquisition{Lease: &lease{s: s, key: rkey, token: token, fingerprint: fingerprint}}, nil
-	case err != nil:
-		return idem.Acquisition{}, wrapErr(err)
+	for range 5 {
+		token, err := newToken()
+		if err != nil {
+			return idem.Acquisition{}, err
+		}
+		p := &peek{UniversalClient: s.client, key: rkey}
+		lock, err := redislock.New(p).Obtain(ctx, rkey, ttl, &redislock.Options{Token: token, Metadata: fingerprint})
+		switch {
+		case err == nil:
+			return idem.Acquisition{Lease: &lease{s: s, lock: lock}}, nil
+		case !errors.Is(err, redislock.ErrNotObtained) || p.get == nil:
+			return idem.Acquisition{}, wrapErr(err)
+		}
+		v, err := p.get.Result()
+		switch {
+		case errors.Is(err, redis.Nil):
+			continue // freed and taken again between the GET and the obtain
+		case err != nil:
+			return idem.Acquisition{}, wrapErr(err)
+		}
+		return parse(v), nil
 	}
-	return parse(v), nil
+	return idem.Acquisition{}, fmt.Errorf("redisstore: key %q changed hands 5 times during one Acquire", key)
+}
+
+// peek is the redis.Scripter given to redislock for one Obtain: its first
+// script call travels in one pipeline with a GET of key, so that a failed
+// obtain costs no extra round trip to learn what holds the key. Later calls
+// (the Lock's refreshes and release) go straight through.
+type peek struct {
+	redis.UniversalClient
+	key string
+	get *redis.StringCmd
+}
+
+func (p *peek) EvalSha(ctx context.Context, sha1 string, keys []string, args ...any) *redis.Cmd {
+	if p.get != nil {
+		return p.UniversalClient.EvalSha(ctx, sha1, keys, args...)
+	}
+	pipe := p.Pipeline()
+	p.get = pipe.Get(ctx, p.key)
+	cmd := pipe.EvalSha(ctx, sha1, keys, args...)
+	_, _ = pipe.Exec(ctx) // errors are read from each command
+	return cmd
+}
+
+func (p *peek) Eval(ctx context.Context, script string, keys []string, args ...any) *redis.Cmd {
+	if p.get != nil {
+		return p.UniversalClient.Eval(ctx, script, keys, args...)
+	}
+	pipe := p.Pipeline()
+	p.get = pipe.Get(ctx, p.key)
+	cmd := pipe.Eval(ctx, script, keys, args...)
+	_, _ = pipe.Exec(ctx)
+	return cmd
 }
 
 // parse interprets a value read from a key.
@@ -151,7 +209,8 @@ func parse(v string) idem.Acquisition {
 // no longer holds a lease.
 func (s *Store) Wait(ctx context.Context, key string) error {
 	backoff := redislock.ExponentialBackoff(s.pollMin, s.pollMax)
-	t := time.NewTimer(0)
+	// The caller has just seen the lease; look again after the first backoff.
+	t := time.NewTimer(s.pollMin)
 	defer t.Stop()
 	for {
 		select {
@@ -194,28 +253,10 @@ func newToken() (string, error) {
 	return leaseMark + base64.RawURLEncoding.EncodeToString(b[:]), nil
 }
 
-// lease is a lease set by Acquire. Its lock is adopted from redislock on the
-// first refresh or release.
+// lease is a lease taken by Acquire: a redislock.Lock on the key.
 type lease struct {
-	s           *Store
-	key         string
-	token       string
-	fingerprint string
-	lock        *redislock.Lock
-}
-
-func (l *lease) value() string { return l.token + l.fingerprint }
-
-// adopt turns the lease into a redislock.Lock, extending it to ttl. redislock
-// re-obtains a key whose value starts with the caller's token, so this
-// succeeds exactly while the key still holds this lease (or is free).
-func (l *lease) adopt(ctx context.Context, ttl time.Duration) error {
-	lock, err := l.s.locker.Obtain(ctx, l.key, ttl, &redislock.Options{Token: l.token, Metadata: l.fingerprint})
-	if err != nil {
-		return leaseErr(err)
-	}
-	l.lock = lock
-	return nil
+	s    *Store
+	lock *redislock.Lock
 }
 
 func leaseErr(err error) error {
@@ -228,17 +269,15 @@ func leaseErr(err error) error {
 	return wrapErr(err)
 }
 
-// Refresh implements idem.Lease.
+// Refresh implements idem.Lease through redislock.
 func (l *lease) Refresh(ctx context.Context, ttl time.Duration) error {
-	if l.lock == nil {
-		return l.adopt(ctx, ttl)
-	}
 	return leaseErr(l.lock.Refresh(ctx, ttl, nil))
 }
 
 // Commit implements idem.Lease in one round trip.
 func (l *lease) Commit(ctx context.Context, record []byte, ttl time.Duration) error {
-	n, err := commitScript.Run(ctx, l.s.client, []string{l.key}, l.value(), recordMark+string(record), millis(ttl)).Int()
+	value := l.lock.Token() + l.lock.Metadata()
+	n, err := commitScript.Run(ctx, l.s.client, []string{l.lock.Key()}, value, recordMark+string(record), millis(ttl)).Int()
 	if err != nil {
 		return wrapErr(err)
 	}
@@ -248,13 +287,7 @@ func (l *lease) Commit(ctx context.Context, record []byte, ttl time.Duration) er
 	return nil
 }
 
-// Release implements idem.Lease.
+// Release implements idem.Lease through redislock.
 func (l *lease) Release(ctx context.Context) error {
-	if l.lock == nil {
-		// Adopting extends the lease for a moment only to delete it.
-		if err := l.adopt(ctx, time.Second); err != nil {
-			return err
-		}
-	}
 	return leaseErr(l.lock.Release(ctx))
 }

@@ -96,15 +96,15 @@ func TestRoundTrips(t *testing.T) {
 				if _, err := op.Do(ctx, k, "req", fn); err != nil {
 					t.Fatal(err)
 				}
-				if n, names := c.count.read(); n != 2 || !slices.Equal(names, []string{"evalsha", "evalsha"}) {
-					t.Errorf("first execution #%d: %d round trips %v, want 2 [evalsha evalsha]", i, n, names)
+				if n, names := c.count.read(); n != 2 || !slices.Equal(names, []string{"get", "evalsha", "evalsha"}) {
+					t.Errorf("first execution #%d: %d round trips %v, want 2: [get evalsha] pipelined, then [evalsha]", i, n, names)
 				}
 				c.count.reset()
 				if _, info, err := op.DoInfo(ctx, k, "req", fn); err != nil || !info.Replayed {
 					t.Fatalf("replay: %v %+v", err, info)
 				}
-				if n, names := c.count.read(); n != 1 || !slices.Equal(names, []string{"evalsha"}) {
-					t.Errorf("replay #%d: %d round trips %v, want 1 [evalsha]", i, n, names)
+				if n, names := c.count.read(); n != 1 || !slices.Equal(names, []string{"get", "evalsha"}) {
+					t.Errorf("replay #%d: %d round trips %v, want 1: [get evalsha] pipelined", i, n, names)
 				}
 			}
 		})
