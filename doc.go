@@ -29,10 +29,10 @@
 // a retry runs fn again; errors marked with Final (or chosen by
 // WithFinalErrors) are stored and replayed instead. When fn panics, the lease
 // is released and the panic goes on. When the lease is lost while fn runs
-// (the store was unreachable for a whole lease TTL), fn's context is cancelled
-// with ErrLeaseLost as its cause, and the final write is refused by the store
-// so that it cannot overwrite the result of whoever took over; Do then
-// reports ErrNotStored.
+// (no refresh got through for a whole lease TTL), fn's context is cancelled
+// with ErrLeaseLost as its cause when the lease expires, and the final write
+// is refused by the store so that it cannot overwrite the result of whoever
+// took over; Do then reports ErrNotStored.
 //
 // # Stores
 //

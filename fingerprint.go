@@ -19,13 +19,21 @@ import (
 //
 // The encoding walks v by reflection. It covers booleans, numbers, strings,
 // slices, arrays, maps (entries sorted by encoded key), pointers (followed),
-// interfaces (tagged with the dynamic type) and structs (exported fields, by
-// name; a field tagged `idem:"-"` is left out). A time.Time counts as its
-// instant, whatever its location. Other types that implement
-// encoding.BinaryMarshaler are encoded with it. Integers of any size encode
-// by value, so changing a field from int32 to int64 keeps fingerprints.
-// Funcs, channels and unsafe pointers give ErrFingerprint, as do pointer
-// cycles.
+// interfaces (tagged with the dynamic type) and structs: their exported
+// fields by name, and the exported fields of embedded structs even when the
+// embedded type is unexported; a field tagged `idem:"-"` is left out. A
+// time.Time counts as its instant, whatever its location. Other types that
+// implement encoding.BinaryMarshaler or encoding.TextMarshaler, on the value
+// or the pointer (big.Int, netip.Addr, UUIDs), are encoded with it. Integers
+// of any size encode by value, so changing a field from int32 to int64 keeps
+// fingerprints. A nil slice or map differs from an empty one, and -0.0 from
+// 0.0.
+//
+// Unexported fields are not part of the fingerprint. A struct that has
+// unexported fields but no exported one and no marshaler (an opaque type)
+// gives ErrFingerprint rather than a fingerprint that ignores its contents,
+// as do funcs, channels, unsafe pointers, pointer cycles, and marshaler types
+// reached through an unexported field. Use WithFingerprint for such requests.
 func Fingerprint(v any) (string, error) {
 	e := canon{buf: make([]byte, 0, 256)}
 	if err := e.value(reflect.ValueOf(v), 0); err != nil {
@@ -45,6 +53,7 @@ const maxDepth = 100
 var (
 	timeType           = reflect.TypeFor[time.Time]()
 	binaryMarshalerTyp = reflect.TypeFor[encoding.BinaryMarshaler]()
+	textMarshalerTyp   = reflect.TypeFor[encoding.TextMarshaler]()
 )
 
 // canon appends a self-delimiting encoding of a value to buf: every item
@@ -76,21 +85,8 @@ func (e *canon) value(v reflect.Value, depth int) error {
 		return nil
 	}
 	t := v.Type()
-	if t == timeType {
-		tm := v.Interface().(time.Time)
-		e.tag('t')
-		e.int(tm.Unix())
-		e.int(int64(tm.Nanosecond()))
-		return nil
-	}
-	if t.Kind() != reflect.Pointer && t.Kind() != reflect.Interface && t.Implements(binaryMarshalerTyp) {
-		b, err := v.Interface().(encoding.BinaryMarshaler).MarshalBinary()
-		if err != nil {
-			return fmt.Errorf("%w: %s: %w", ErrFingerprint, t, err)
-		}
-		e.tag('M')
-		e.bytes(b)
-		return nil
+	if t == timeType || t.Kind() != reflect.Pointer && t.Kind() != reflect.Interface && marshals(t) {
+		return e.marshaled(v)
 	}
 	switch t.Kind() {
 	case reflect.Bool:
@@ -163,22 +159,109 @@ func (e *canon) list(v reflect.Value, depth int) error {
 	return nil
 }
 
-func (e *canon) structValue(v reflect.Value, depth int) error {
+// marshals reports whether t or *t implements a marshaler the encoding uses.
+func marshals(t reflect.Type) bool {
+	pt := reflect.PointerTo(t)
+	return t.Implements(binaryMarshalerTyp) || t.Implements(textMarshalerTyp) ||
+		pt.Implements(binaryMarshalerTyp) || pt.Implements(textMarshalerTyp)
+}
+
+// marshaled encodes a time.Time by its instant, and other values with their
+// binary or text marshaler.
+func (e *canon) marshaled(v reflect.Value) error {
 	t := v.Type()
+	if !v.CanInterface() {
+		return fmt.Errorf("%w: %s reached through an unexported field", ErrFingerprint, t)
+	}
+	if t == timeType {
+		tm := v.Interface().(time.Time)
+		e.tag('t')
+		e.int(tm.Unix())
+		e.int(int64(tm.Nanosecond()))
+		return nil
+	}
+	if !v.CanAddr() { // for pointer-receiver methods
+		c := reflect.New(t).Elem()
+		c.Set(v)
+		v = c
+	}
+	var b []byte
+	var err error
+	switch m := v.Addr().Interface().(type) {
+	case encoding.BinaryMarshaler:
+		e.tag('M')
+		b, err = m.MarshalBinary()
+	case encoding.TextMarshaler:
+		e.tag('X')
+		b, err = m.MarshalText()
+	}
+	if err != nil {
+		return fmt.Errorf("%w: %s: %w", ErrFingerprint, t, err)
+	}
+	e.bytes(b)
+	return nil
+}
+
+func (e *canon) structValue(v reflect.Value, depth int) error {
 	e.tag('S')
+	n, err := e.fields(v, depth)
+	if err != nil {
+		return err
+	}
+	if n == 0 && hasUnexported(v.Type()) {
+		return fmt.Errorf("%w: %s has no exported fields and no marshaler (an opaque type)", ErrFingerprint, v.Type())
+	}
+	e.tag('E')
+	return nil
+}
+
+// fields encodes the exported fields of struct v, and those promoted from
+// its unexported embedded structs, and returns how many it encoded.
+func (e *canon) fields(v reflect.Value, depth int) (int, error) {
+	t := v.Type()
+	n := 0
 	for i := range t.NumField() {
 		f := t.Field(i)
-		if !f.IsExported() || f.Tag.Get("idem") == "-" {
+		if f.Tag.Get("idem") == "-" {
+			continue
+		}
+		if f.Anonymous && !f.IsExported() {
+			fv := v.Field(i)
+			if fv.Kind() == reflect.Pointer {
+				if fv.IsNil() {
+					continue
+				}
+				fv = fv.Elem()
+			}
+			if fv.Kind() == reflect.Struct {
+				m, err := e.fields(fv, depth+1)
+				if err != nil {
+					return 0, err
+				}
+				n += m
+			}
+			continue
+		}
+		if !f.IsExported() {
 			continue
 		}
 		e.tag('n')
 		e.string(f.Name)
 		if err := e.value(v.Field(i), depth+1); err != nil {
-			return err
+			return 0, err
+		}
+		n++
+	}
+	return n, nil
+}
+
+func hasUnexported(t reflect.Type) bool {
+	for i := range t.NumField() {
+		if !t.Field(i).IsExported() {
+			return true
 		}
 	}
-	e.tag('E')
-	return nil
+	return false
 }
 
 // mapValue encodes the entries of a map sorted by the encoding of their keys,

@@ -3,6 +3,7 @@ package idem_test
 import (
 	"errors"
 	"fmt"
+	"math/big"
 	"net/netip"
 	"strings"
 	"testing"
@@ -154,5 +155,36 @@ func TestFingerprintUnsupported(t *testing.T) {
 	}
 	if _, err := idem.Fingerprint(struct{ F func() }{}); !errors.Is(err, idem.ErrFingerprint) || !strings.Contains(err.Error(), "func") {
 		t.Errorf("nil func field: %v, want ErrFingerprint naming the type", err)
+	}
+}
+
+type account struct{ Account string }
+
+type embedded struct {
+	account
+	Amount int
+}
+
+type opaque struct{ secret int }
+
+func TestFingerprintMarshalersAndEmbedding(t *testing.T) {
+	if mustFP(t, big.NewInt(100)) == mustFP(t, big.NewInt(1000000)) {
+		t.Error("*big.Int 100 and 1000000 collide (pointer-receiver marshaler ignored)")
+	}
+	type amount struct{ Value big.Int }
+	var a, b amount
+	a.Value.SetInt64(100)
+	b.Value.SetInt64(1000000)
+	if mustFP(t, a) == mustFP(t, b) {
+		t.Error("big.Int fields 100 and 1000000 collide")
+	}
+	if mustFP(t, embedded{account{"alice"}, 5}) == mustFP(t, embedded{account{"bob"}, 5}) {
+		t.Error("fields promoted from an unexported embedded struct are ignored")
+	}
+	if _, err := idem.Fingerprint(opaque{1}); !errors.Is(err, idem.ErrFingerprint) {
+		t.Errorf("opaque struct: %v, want ErrFingerprint rather than a constant fingerprint", err)
+	}
+	if _, err := idem.Fingerprint(struct{}{}); err != nil {
+		t.Errorf("empty struct: %v", err)
 	}
 }

@@ -22,7 +22,7 @@ func FuzzStoredRecord(f *testing.F) {
 	}); err != nil {
 		f.Fatal(err)
 	}
-	a, _ := s.Acquire(context.Background(), "seed", "", 0)
+	a, _ := s.Acquire(context.Background(), ":seed", "", 0)
 	f.Add(a.Record)
 	f.Add([]byte("idm\x01e\x00\x07msgpackboom"))
 	f.Add([]byte{})

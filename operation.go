@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -99,10 +98,9 @@ func (o *Operation[Req, Resp]) DoInfo(ctx context.Context, key string, req Req, 
 		return zero, info, err
 	}
 	info.Fingerprint = fp
-	skey := key
-	if o.cfg.namespace != "" {
-		skey = o.cfg.namespace + ":" + key
-	}
+	// Always "namespace:key", also with no namespace (":key"): a namespace
+	// holds no ':', so no key of one namespace can name another's record.
+	skey := o.cfg.namespace + ":" + key
 
 	var waitCtx context.Context
 	for {
@@ -133,18 +131,18 @@ func (o *Operation[Req, Resp]) DoInfo(ctx context.Context, key string, req Req, 
 			waitCtx, cancel = context.WithTimeout(ctx, o.cfg.wait)
 			defer cancel()
 		}
-		// Check before waiting rather than after, so that a result that
-		// landed as the wait ended is still picked up by one more Acquire.
-		err = waitCtx.Err()
-		if err == nil {
-			err = o.store.Wait(waitCtx, skey)
+		if waitCtx.Err() != nil {
+			// The wait ran out, and Acquire has looked once more since.
+			if ctx.Err() != nil {
+				return zero, info, fmt.Errorf("idem: waiting for in-flight request: %w", ctx.Err())
+			}
+			return zero, info, fmt.Errorf("%w (waited %v)", ErrInFlight, o.cfg.wait)
 		}
-		switch {
-		case err == nil:
+		switch err := o.store.Wait(waitCtx, skey); {
+		case err == nil, ctx.Err() == nil && waitCtx.Err() != nil:
+			// Look again; when the wait ran out, this is the last look.
 		case ctx.Err() != nil:
 			return zero, info, fmt.Errorf("idem: waiting for in-flight request: %w", ctx.Err())
-		case waitCtx.Err() != nil:
-			return zero, info, fmt.Errorf("%w (waited %v)", ErrInFlight, o.cfg.wait)
 		default:
 			return zero, info, fmt.Errorf("%w: waiting: %w", ErrStore, err)
 		}
@@ -180,15 +178,14 @@ func (o *Operation[Req, Resp]) execute(ctx context.Context, lease Lease, fp stri
 	defer cancel(nil)
 	stop := keepAlive(fnCtx, lease, o.cfg.lockTTL, cancel)
 
-	returned := false
+	settled := false // the lease has been handed to Commit or Release
 	defer func() {
-		if !returned { // fn panicked or called runtime.Goexit
+		if !settled { // fn, the codec or a predicate panicked, or Goexit
 			stop()
 			o.release(ctx, lease)
 		}
 	}()
 	resp, ferr := fn(fnCtx, req)
-	returned = true
 	stop()
 
 	rec := record{fingerprint: fp, codec: o.cfg.codec.Name()}
@@ -196,6 +193,7 @@ func (o *Operation[Req, Resp]) execute(ctx context.Context, lease Lease, fp stri
 	case ferr == nil:
 		payload, err := o.cfg.codec.Marshal(resp)
 		if err != nil {
+			settled = true
 			o.release(ctx, lease)
 			return resp, fmt.Errorf("%w: encoding result: %w", ErrNotStored, err)
 		}
@@ -203,19 +201,39 @@ func (o *Operation[Req, Resp]) execute(ctx context.Context, lease Lease, fp stri
 	case isFinal(ferr, o.cfg.final):
 		rec.kind, rec.payload = kindError, []byte(ferr.Error())
 	default:
+		settled = true
 		o.release(ctx, lease)
 		return resp, ferr
 	}
+	settled = true
 	return resp, o.commit(ctx, lease, rec, ferr)
 }
 
+// commit stores rec under lease. A failure other than a lost lease is
+// retried with backoff for as long as the lease may still be held: a
+// result not stored means a retry of the whole call runs fn again.
 func (o *Operation[Req, Resp]) commit(ctx context.Context, lease Lease, rec record, ferr error) error {
 	cctx, cancel := cleanupContext(ctx, o.cfg.lockTTL)
 	defer cancel()
-	if err := lease.Commit(cctx, rec.encode(), o.cfg.ttl); err != nil {
-		return errors.Join(fmt.Errorf("%w: %w", ErrNotStored, err), ferr)
+	b := rec.encode()
+	backoff := 5 * time.Millisecond
+	for {
+		err := lease.Commit(cctx, b, o.cfg.ttl)
+		if err == nil {
+			return ferr
+		}
+		if errors.Is(err, ErrLeaseLost) || cctx.Err() != nil {
+			return errors.Join(fmt.Errorf("%w: %w", ErrNotStored, err), ferr)
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-cctx.Done():
+			t.Stop()
+			return errors.Join(fmt.Errorf("%w: %w", ErrNotStored, err), ferr)
+		case <-t.C:
+		}
+		backoff = min(2*backoff, 250*time.Millisecond)
 	}
-	return ferr
 }
 
 func (o *Operation[Req, Resp]) release(ctx context.Context, lease Lease) {
@@ -230,59 +248,6 @@ func (o *Operation[Req, Resp]) release(ctx context.Context, lease Lease) {
 // survives the cancellation of the caller's ctx but not forever.
 func cleanupContext(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.WithoutCancel(ctx), d)
-}
-
-// keepAlive refreshes lease every third of ttl until stop is called. When the
-// lease is lost, or cannot be refreshed for a whole ttl, it cancels fn's
-// context with ErrLeaseLost and refreshes no more. It runs on a timer, so a
-// fn that finishes within a third of ttl costs no goroutine. stop waits for
-// a refresh under way, so that no Lease method runs after it returns.
-func keepAlive(ctx context.Context, lease Lease, ttl time.Duration, cancel context.CancelCauseFunc) (stop func()) {
-	var (
-		mu      sync.Mutex
-		stopped bool
-		running sync.WaitGroup
-		timer   *time.Timer
-		lastOK  = time.Now() // touched by one refresh at a time
-	)
-	refresh := func() {
-		mu.Lock()
-		if stopped {
-			mu.Unlock()
-			return
-		}
-		running.Add(1)
-		mu.Unlock()
-		defer running.Done()
-
-		// The caller's ctx ending does not stop refreshing: fn may still be
-		// winding down, and Commit or Release ends the lease.
-		rctx, rcancel := cleanupContext(ctx, ttl/3)
-		err := lease.Refresh(rctx, ttl)
-		rcancel()
-		switch {
-		case err == nil:
-			lastOK = time.Now()
-		case errors.Is(err, ErrLeaseLost) || time.Since(lastOK) >= ttl:
-			cancel(ErrLeaseLost)
-			return
-		}
-		mu.Lock()
-		if !stopped {
-			timer.Reset(ttl / 3)
-		}
-		mu.Unlock()
-	}
-	mu.Lock()
-	timer = time.AfterFunc(ttl/3, refresh)
-	mu.Unlock()
-	return func() {
-		mu.Lock()
-		stopped = true
-		timer.Stop()
-		mu.Unlock()
-		running.Wait()
-	}
 }
 
 func validateKey(key string) error {

@@ -135,10 +135,11 @@ func TestDefaultFingerprintInInfo(t *testing.T) {
 	}
 }
 
-// commitRaw stores record under key as if an Operation had committed it.
+// commitRaw stores record under key as if an Operation without a namespace
+// had committed it (such an Operation stores key under ":" + key).
 func commitRaw(t *testing.T, s idem.Store, key string, record []byte) {
 	t.Helper()
-	a, err := s.Acquire(context.Background(), key, "x", time.Minute)
+	a, err := s.Acquire(context.Background(), ":"+key, "x", time.Minute)
 	if err != nil || a.Lease == nil {
 		t.Fatalf("Acquire: %+v %v", a, err)
 	}

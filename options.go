@@ -107,6 +107,10 @@ func WithCodec(cd codec.Codec) Option {
 			c.invalid("WithCodec(nil)")
 			return
 		}
+		if n := len(cd.Name()); n == 0 || n > maxHeaderPart {
+			c.invalid("WithCodec: name %q must be 1 to %d bytes", cd.Name(), maxHeaderPart)
+			return
+		}
 		c.codec = cd
 	}
 }

@@ -34,8 +34,20 @@ type MsgPack struct{}
 // Name returns "msgpack".
 func (MsgPack) Name() string { return "msgpack" }
 
-// Marshal encodes v with msgpack.
-func (MsgPack) Marshal(v any) ([]byte, error) { return msgpack.Marshal(v) }
+// Marshal encodes v with msgpack. It refuses values that Unmarshal would
+// not accept back: those holding msgpack extension types other than
+// time.Time (types registered with msgpack.RegisterExt). Storing them would
+// give a record that can never be replayed.
+func (MsgPack) Marshal(v any) ([]byte, error) {
+	b, err := msgpack.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkMsgpack(b); err != nil {
+		return nil, fmt.Errorf("%w (the encoding would not decode)", err)
+	}
+	return b, nil
+}
 
 // Unmarshal decodes msgpack data into v.
 // Foreign or damaged bytes are checked first, so that they give an error

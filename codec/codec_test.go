@@ -1,11 +1,13 @@
 package codec_test
 
 import (
+	"errors"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/idemkit/idem/codec"
+	"github.com/vmihailenco/msgpack/v5"
 )
 
 type inner struct {
@@ -146,4 +148,29 @@ func FuzzUnmarshal(f *testing.F) {
 			_ = c.Unmarshal(data, &m)
 		}
 	})
+}
+
+type extPoint struct{ X, Y int8 }
+
+func (p *extPoint) MarshalMsgpack() ([]byte, error) { return []byte{byte(p.X), byte(p.Y)}, nil }
+func (p *extPoint) UnmarshalMsgpack(b []byte) error {
+	if len(b) != 2 {
+		return errors.New("bad point")
+	}
+	p.X, p.Y = int8(b[0]), int8(b[1])
+	return nil
+}
+
+// TestMarshalRefusesWhatUnmarshalRejects: a value holding a registered
+// msgpack extension must fail to encode, not be stored and then fail every
+// replay.
+func TestMarshalRefusesWhatUnmarshalRejects(t *testing.T) {
+	msgpack.RegisterExt(42, (*extPoint)(nil))
+	_, err := codec.MsgPack{}.Marshal(struct{ P *extPoint }{&extPoint{1, 2}})
+	if err == nil {
+		t.Fatal("Marshal accepted an extension type that Unmarshal rejects")
+	}
+	if _, err := (codec.MsgPack{}).Marshal(struct{ At time.Time }{time.Now()}); err != nil {
+		t.Fatalf("time.Time (the timestamp extension) must still encode: %v", err)
+	}
 }

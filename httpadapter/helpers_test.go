@@ -294,7 +294,8 @@ func (h *hookLog) want(t *testing.T, targets ...error) {
 }
 
 // faultStore is a real store whose Acquire, or its leases' Commit, fail on
-// demand. A failed Commit releases the lease.
+// demand. A failed Commit finds its lease gone, as after a lost lease (a
+// merely transient failure would be retried by idem for the lease TTL).
 type faultStore struct {
 	idem.Store
 	failAcquire atomic.Bool
@@ -316,7 +317,7 @@ func (s *faultStore) Acquire(ctx context.Context, key, fp string, ttl time.Durat
 
 type failingLease struct{ idem.Lease }
 
-func (l failingLease) Commit(ctx context.Context, _ []byte, _ time.Duration) error {
+func (l failingLease) Commit(ctx context.Context, rec []byte, ttl time.Duration) error {
 	_ = l.Lease.Release(ctx)
-	return errInjected
+	return errors.Join(errInjected, l.Lease.Commit(ctx, rec, ttl))
 }

@@ -154,7 +154,11 @@ func testStormNoWait(t *testing.T, e *env) {
 			_, err := op.Do(ctxFor(t), key, order{ID: "x"}, func(ctx context.Context, o order) (int, error) {
 				ran = true
 				runs.Add(1)
-				<-others
+				select {
+				case <-others:
+				case <-time.After(20 * time.Second): // fn ran twice: fail, not hang
+					t.Error("the other calls did not return")
+				}
 				return 7, nil
 			})
 			if ran {
@@ -351,7 +355,9 @@ func testPanic(t *testing.T, e *env) {
 }
 
 func testLongFn(t *testing.T, e *env) {
-	const lockTTL = 90 * time.Millisecond
+	// Long enough that refreshes keep up on a loaded 2-core machine under
+	// -race, short enough that fn outlives several leases.
+	const lockTTL = 300 * time.Millisecond
 	op := idem.New[string, int](e.store, idem.WithLockTTL(lockTTL))
 	key := e.key("k")
 	var runs atomic.Int32
@@ -361,7 +367,7 @@ func testLongFn(t *testing.T, e *env) {
 		_, err := op.Do(ctxFor(t), key, "r", func(ctx context.Context, _ string) (int, error) {
 			runs.Add(1)
 			select {
-			case <-time.After(6 * lockTTL):
+			case <-time.After(4 * lockTTL):
 				return 1, nil
 			case <-ctx.Done():
 				return 0, context.Cause(ctx)

@@ -186,9 +186,9 @@ func testLeaseExpires(t *testing.T, e *env) {
 
 func testRefresh(t *testing.T, e *env) {
 	k := e.key("k")
-	const ttl = 100 * time.Millisecond
+	const ttl = 300 * time.Millisecond
 	l := acquireLease(t, e.store, k, "fp", ttl)
-	for range 8 { // 400ms in all, four times the TTL
+	for range 8 { // 1.2s in all, four times the TTL
 		time.Sleep(ttl / 2)
 		if err := l.Refresh(ctxFor(t), ttl); err != nil {
 			t.Fatalf("Refresh: %v", err)

@@ -46,7 +46,7 @@ func TestMaxEntriesEvictsSoonestRecord(t *testing.T) {
 		wantReplay bool
 	}{{"long", true}, {"long2", true}, {"new", true}, {"short", false}} {
 		key, wantReplay := c.key, c.wantReplay
-		a, err := s.Acquire(ctx, key, "x", time.Minute)
+		a, err := s.Acquire(ctx, ":"+key, "x", time.Minute) // the key idem stores under
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -147,7 +147,7 @@ func TestCorruptData(t *testing.T) {
 	}
 	for name, set := range cases {
 		t.Run(name, func(t *testing.T) {
-			if err := set(prefix + name); err != nil {
+			if err := set(prefix + ":" + name); err != nil { // where idem keeps key name
 				t.Fatal(err)
 			}
 			_, err := op.Do(ctx, name, "req", func(context.Context, string) (int, error) {

@@ -139,7 +139,7 @@ func TestRecordMemory(t *testing.T) {
 	if _, err := op.Do(ctx, "8e03978e-40d5-43e8-bc93-6894a57f9324", "req", func(context.Context, string) (benchResult, error) { return res, nil }); err != nil {
 		t.Fatal(err)
 	}
-	key := prefix + "8e03978e-40d5-43e8-bc93-6894a57f9324"
+	key := prefix + ":8e03978e-40d5-43e8-bc93-6894a57f9324" // no namespace: ":" + key
 	value, _ := client.Get(ctx, key).Result()
 	usage, err := client.MemoryUsage(ctx, key).Result()
 	if err != nil {

@@ -1,0 +1,174 @@
+package idem_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/codec"
+	"github.com/idemkit/idem/memstore"
+)
+
+// flakyStore wraps a real memstore: its leases' Refresh fails with a
+// transient error while refreshFails is set, and the first commitFails
+// Commits fail with one.
+type flakyStore struct {
+	*memstore.Store
+	refreshFails atomic.Bool
+	commitFails  atomic.Int32
+	commits      atomic.Int32
+}
+
+var errBlip = errors.New("i/o timeout")
+
+func (s *flakyStore) Acquire(ctx context.Context, key, fp string, ttl time.Duration) (idem.Acquisition, error) {
+	a, err := s.Store.Acquire(ctx, key, fp, ttl)
+	if a.Lease != nil {
+		a.Lease = &flakyLease{Lease: a.Lease, s: s}
+	}
+	return a, err
+}
+
+type flakyLease struct {
+	idem.Lease
+	s *flakyStore
+}
+
+func (l *flakyLease) Refresh(ctx context.Context, ttl time.Duration) error {
+	if l.s.refreshFails.Load() {
+		return errBlip
+	}
+	return l.Lease.Refresh(ctx, ttl)
+}
+
+func (l *flakyLease) Commit(ctx context.Context, rec []byte, ttl time.Duration) error {
+	if l.s.commits.Add(1) <= l.s.commitFails.Load() {
+		return errBlip
+	}
+	return l.Lease.Commit(ctx, rec, ttl)
+}
+
+// TestRefreshFailuresCancelFnAtExpiry: when refreshes keep failing, fn's
+// context is cancelled with ErrLeaseLost about one lease TTL after the last
+// successful refresh, not later.
+func TestRefreshFailuresCancelFnAtExpiry(t *testing.T) {
+	const lockTTL = 300 * time.Millisecond
+	s := &flakyStore{Store: memstore.New()}
+	s.refreshFails.Store(true)
+	op := idem.New[string, int](s, idem.WithLockTTL(lockTTL))
+	begin := time.Now()
+	var cancelledAfter time.Duration
+	_, err := op.Do(context.Background(), "k", "r", func(ctx context.Context, _ string) (int, error) {
+		select {
+		case <-ctx.Done():
+			cancelledAfter = time.Since(begin)
+			return 0, context.Cause(ctx)
+		case <-time.After(10 * lockTTL):
+			return 1, nil
+		}
+	})
+	if !errors.Is(err, idem.ErrLeaseLost) {
+		t.Fatalf("err = %v, want fn's context cancelled with ErrLeaseLost", err)
+	}
+	if cancelledAfter < lockTTL || cancelledAfter > lockTTL+lockTTL/2 {
+		t.Fatalf("fn cancelled after %v, want about the lease TTL %v", cancelledAfter, lockTTL)
+	}
+}
+
+// TestTransientRefreshFailureKeepsFn: one failed refresh among good ones
+// does not cancel fn.
+func TestTransientRefreshFailureKeepsFn(t *testing.T) {
+	const lockTTL = 300 * time.Millisecond
+	s := &flakyStore{Store: memstore.New()}
+	op := idem.New[string, int](s, idem.WithLockTTL(lockTTL))
+	r, err := op.Do(context.Background(), "k", "r", func(ctx context.Context, _ string) (int, error) {
+		time.Sleep(lockTTL / 2)
+		s.refreshFails.Store(true)
+		time.Sleep(lockTTL / 3)
+		s.refreshFails.Store(false)
+		select {
+		case <-ctx.Done():
+			return 0, context.Cause(ctx)
+		case <-time.After(2 * lockTTL):
+			return 1, nil
+		}
+	})
+	if err != nil || r != 1 {
+		t.Fatalf("Do = %d, %v; want fn to finish despite one failed refresh", r, err)
+	}
+}
+
+func TestCommitRetriedAfterTransientFailure(t *testing.T) {
+	s := &flakyStore{Store: memstore.New()}
+	s.commitFails.Store(2)
+	op := idem.New[string, int](s)
+	runs := 0
+	fn := func(context.Context, string) (int, error) { runs++; return 5, nil }
+	if r, err := op.Do(context.Background(), "k", "r", fn); err != nil || r != 5 {
+		t.Fatalf("Do = %d, %v; want the commit retried until it succeeds", r, err)
+	}
+	if r, info, err := op.DoInfo(context.Background(), "k", "r", fn); err != nil || r != 5 || !info.Replayed || runs != 1 {
+		t.Fatalf("replay = %d, %+v, %v, runs %d", r, info, err, runs)
+	}
+	if n := s.commits.Load(); n != 3 {
+		t.Fatalf("%d commits, want 3 (two failures, one success)", n)
+	}
+}
+
+// waitFailStore holds every key for someone else and cannot wait.
+type waitFailStore struct{}
+
+func (waitFailStore) Acquire(context.Context, string, string, time.Duration) (idem.Acquisition, error) {
+	fp, _ := idem.Fingerprint("r")
+	return idem.Acquisition{Holder: fp}, nil
+}
+func (waitFailStore) Wait(context.Context, string) error { return errBlip }
+
+func TestWaitFailureIsStoreError(t *testing.T) {
+	op := idem.New[string, int](waitFailStore{}, idem.WithWaitTimeout(time.Second))
+	_, err := op.Do(context.Background(), "k", "r", mustNotRun[string, int](t))
+	if !errors.Is(err, idem.ErrStore) || !errors.Is(err, errBlip) {
+		t.Fatalf("err = %v, want ErrStore wrapping the Wait failure", err)
+	}
+}
+
+func TestPanicAfterFnReleasesLease(t *testing.T) {
+	s := memstore.New()
+	ctx := context.Background()
+	boom := idem.New[string, int](s, idem.WithLockTTL(time.Minute), idem.WithFinalErrors(func(error) bool { panic("predicate") }))
+	func() {
+		defer func() { _ = recover() }()
+		_, _ = boom.Do(ctx, "k", "r", func(context.Context, string) (int, error) { return 0, errors.New("x") })
+	}()
+	op := idem.New[string, int](s, idem.WithLockTTL(time.Minute))
+	if r, err := op.Do(ctx, "k", "r", func(context.Context, string) (int, error) { return 1, nil }); err != nil || r != 1 {
+		t.Fatalf("after a panic in the final-error predicate: %d, %v; want the lease released", r, err)
+	}
+}
+
+func TestNamespacesCannotCollide(t *testing.T) {
+	s := memstore.New()
+	ctx := context.Background()
+	ns := idem.New[string, string](s, idem.WithNamespace("charges"))
+	plain := idem.New[string, string](s)
+	_, _ = ns.Do(ctx, "k", "r", func(context.Context, string) (string, error) { return "namespaced", nil })
+	r, err := plain.Do(ctx, "charges:k", "r", func(context.Context, string) (string, error) { return "plain", nil })
+	if err != nil || r != "plain" {
+		t.Fatalf("key %q without a namespace got %q, %v; want its own execution", "charges:k", r, err)
+	}
+}
+
+type longNameCodec struct{ codec.JSON }
+
+func (longNameCodec) Name() string { return strings.Repeat("x", 256) }
+
+func TestCodecNameTooLong(t *testing.T) {
+	op := idem.New[string, int](memstore.New(), idem.WithCodec(longNameCodec{}))
+	if _, err := op.Do(context.Background(), "k", "r", mustNotRun[string, int](t)); !errors.Is(err, idem.ErrInvalidOption) {
+		t.Fatalf("err = %v, want ErrInvalidOption", err)
+	}
+}
