@@ -1,0 +1,92 @@
+package grpcadapter
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"slices"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+)
+
+// NewKey returns a fresh random idempotency key: 26 characters of base32,
+// 128 bits of randomness. The client interceptor makes its keys with it.
+func NewKey() string { return rand.Text() }
+
+// keyOption is the grpc.CallOption made by CallKey. Its before and after
+// hooks do nothing; the client interceptor finds it among the call options.
+type keyOption struct {
+	grpc.EmptyCallOption
+	key string
+}
+
+// CallKey returns a call option that sends key as the call's idempotency
+// key, to any method and in place of any key the outgoing metadata holds.
+// Pass the same key to the calls that must run once, such as the attempts
+// of a retry loop around the call. It takes effect only through
+// UnaryClientInterceptor.
+func CallKey(key string) grpc.CallOption { return keyOption{key: key} }
+
+// UnaryClientInterceptor returns an interceptor that gives every call of a
+// protected method an idempotency key (see WithMethods; by default every
+// unary method is protected): the key passed with CallKey, else the one the
+// outgoing metadata holds, else a fresh one from NewKey. The key goes in the
+// outgoing metadata before the call is made, so that every attempt of the
+// call sends it: the retries of gRPC's retry policy, and those of retrying
+// interceptors chained after this one. Interceptors chained before it, and
+// the caller's own loops, make new calls, which get new keys unless given
+// one with CallKey.
+//
+// Of the options it honours WithMetadataKey, WithMethods, WithMethodFilter
+// and WithErrorHook. Options that cannot be honoured make every call fail
+// with Internal, without being sent.
+func UnaryClientInterceptor(opts ...Option) grpc.UnaryClientInterceptor {
+	cfg := newConfig(opts)
+	cerr := errors.Join(cfg.errs...)
+	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, callOpts ...grpc.CallOption) error {
+		key, callOpts := splitKey(callOpts)
+		if key == nil {
+			if protect, _ := cfg.policy(method); !protect {
+				return invoker(ctx, method, req, reply, cc, callOpts...)
+			}
+		}
+		if cerr != nil {
+			if cfg.hook != nil {
+				cfg.hook(ctx, method, cerr)
+			}
+			return status.Error(codes.Internal, cerr.Error())
+		}
+		switch present := len(metadata.ValueFromOutgoingContext(ctx, cfg.header)) > 0; {
+		case key != nil && present:
+			md, _ := metadata.FromOutgoingContext(ctx)
+			md.Set(cfg.header, key.key)
+			ctx = metadata.NewOutgoingContext(ctx, md)
+		case key != nil:
+			ctx = metadata.AppendToOutgoingContext(ctx, cfg.header, key.key)
+		case !present:
+			ctx = metadata.AppendToOutgoingContext(ctx, cfg.header, NewKey())
+		}
+		return invoker(ctx, method, req, reply, cc, callOpts...)
+	}
+}
+
+// splitKey returns the last CallKey option among opts, and opts without
+// the CallKey options.
+func splitKey(opts []grpc.CallOption) (*keyOption, []grpc.CallOption) {
+	var key *keyOption
+	for _, o := range opts {
+		if k, ok := o.(keyOption); ok {
+			key = &k
+		}
+	}
+	if key == nil {
+		return nil, opts
+	}
+	return key, slices.DeleteFunc(slices.Clone(opts), func(o grpc.CallOption) bool {
+		_, ok := o.(keyOption)
+		return ok
+	})
+}

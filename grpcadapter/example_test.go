@@ -1,0 +1,76 @@
+package grpcadapter_test
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"net"
+	"sync/atomic"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/test/bufconn"
+
+	"github.com/idemkit/idem/grpcadapter"
+	"github.com/idemkit/idem/memstore"
+)
+
+// orderService creates an order on each run of UnaryCall.
+type orderService struct {
+	testpb.UnimplementedTestServiceServer
+	orders atomic.Int32
+}
+
+func (s *orderService) UnaryCall(ctx context.Context, req *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
+	id := fmt.Sprintf("ord_%d", s.orders.Add(1))
+	return &testpb.SimpleResponse{Payload: &testpb.Payload{Body: []byte(id + ": " + string(req.GetPayload().GetBody()))}}, nil
+}
+
+// A client calls a method three times with one key: the order is created
+// once, the second call gets the stored response, and the third, which
+// sends the key with another request, is refused.
+func Example() {
+	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(
+		grpcadapter.UnaryServerInterceptor(memstore.New()),
+	))
+	testpb.RegisterTestServiceServer(srv, &orderService{})
+	lis := bufconn.Listen(1 << 20)
+	go srv.Serve(lis)
+	defer srv.Stop()
+
+	conn, err := grpc.NewClient("passthrough:///bufnet",
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithUnaryInterceptor(grpcadapter.UnaryClientInterceptor()),
+	)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer conn.Close()
+	client := testpb.NewTestServiceClient(conn)
+
+	key := grpcadapter.NewKey()
+	for _, item := range []string{"book", "book", "pen"} {
+		var header metadata.MD
+		req := &testpb.SimpleRequest{Payload: &testpb.Payload{Body: []byte(item)}}
+		resp, err := client.UnaryCall(context.Background(), req, grpcadapter.CallKey(key), grpc.Header(&header))
+		if err != nil {
+			st := status.Convert(err)
+			for _, d := range st.Details() {
+				if info, ok := d.(*errdetails.ErrorInfo); ok {
+					fmt.Println(st.Code(), info.Reason)
+				}
+			}
+			continue
+		}
+		fmt.Println(header.Get(grpcadapter.HeaderStatus)[0], string(resp.GetPayload().GetBody()))
+	}
+	// Output:
+	// new ord_1: book
+	// hit ord_1: book
+	// FailedPrecondition IDEMPOTENCY_KEY_REUSED
+}

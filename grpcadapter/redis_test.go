@@ -1,0 +1,24 @@
+package grpcadapter_test
+
+import (
+	"os"
+	"testing"
+
+	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/internal/redistest"
+	"github.com/idemkit/idem/redisstore"
+)
+
+func TestMain(m *testing.M) { os.Exit(redistest.Main(m)) }
+
+// TestRedis runs every interceptor test on a real Redis.
+func TestRedis(t *testing.T) {
+	s := redisstore.New(redistest.Single(t))
+	testServer(t, func(*testing.T) idem.Store { return s })
+}
+
+// TestRedisCluster runs them on the 3-master Redis Cluster.
+func TestRedisCluster(t *testing.T) {
+	s := redisstore.New(redistest.Cluster(t))
+	testServer(t, func(*testing.T) idem.Store { return s })
+}

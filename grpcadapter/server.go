@@ -1,0 +1,247 @@
+package grpcadapter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/idemkit/idem"
+)
+
+// Metadata keys and values the interceptors read and write.
+const (
+	// MetadataKey is the request metadata key that carries the idempotency
+	// key, unless WithMetadataKey says otherwise.
+	MetadataKey = "idempotency-key"
+	// HeaderStatus says whether the handler ran (StatusNew) or the outcome
+	// was replayed (StatusHit). It is sent in the header metadata with a
+	// response, and in the trailer metadata with an error, so that the
+	// error can be retried by gRPC's retry policy (see setMarks).
+	HeaderStatus = "idempotency-status"
+	// HeaderStored is "false", next to HeaderStatus, on the outcome of a
+	// handler that ran but was not stored, so a retry with its key runs the
+	// handler again: an error that is not final, or an outcome the store
+	// failed to keep (idem.ErrNotStored).
+	HeaderStored = "idempotency-stored"
+)
+
+// Values of HeaderStatus.
+const (
+	// StatusNew marks an outcome of the handler, run for this call.
+	StatusNew = "new"
+	// StatusHit marks a stored outcome, replayed.
+	StatusHit = "hit"
+)
+
+// call is the request of the server's idem.Operation.
+type call struct {
+	method string
+	req    proto.Message
+}
+
+// fingerprint identifies a call by its method and the deterministic wire
+// encoding of its request.
+func fingerprint(c call) ([]byte, error) {
+	b := make([]byte, 0, len(c.method)+1+proto.Size(c.req))
+	b = append(b, c.method...)
+	b = append(b, 0) // no method name holds a NUL
+	return proto.MarshalOptions{Deterministic: true}.MarshalAppend(b, c.req)
+}
+
+// errUnstored is what the Operation's function returns for a handler error
+// that is not final, so that idem releases the key and stores nothing. The
+// handler's error itself is kept aside: idem would store one wrapped with
+// idem.Final as text, without its status.
+var errUnstored = errors.New("grpcadapter: error not stored")
+
+type server struct {
+	cfg *config
+	op  *idem.Operation[call, *response]
+	err error // invalid options
+}
+
+// UnaryServerInterceptor returns an interceptor that makes unary methods
+// idempotent, keeping their outcomes in store. Chain it with
+// grpc.ChainUnaryInterceptor; interceptors chained after it run once per key
+// with the handler, those before it run for every call. Options that cannot
+// be honoured make every protected call fail with Internal (see Option).
+func UnaryServerInterceptor(store idem.Store, opts ...Option) grpc.UnaryServerInterceptor {
+	cfg := newConfig(opts)
+	core := make([]idem.Option, 0, len(cfg.core)+3)
+	core = append(core, idem.WithNamespace(DefaultNamespace))
+	core = append(core, cfg.core...)
+	core = append(core, idem.WithFingerprint(fingerprint), idem.WithFinalErrors(nil))
+	op := idem.New[call, *response](store, core...)
+	errs := cfg.errs
+	// idem reports invalid options on every call, before it looks at the
+	// key. Asking with an empty key finds them now, without the store.
+	if _, err := op.Do(context.Background(), "", call{}, nil); errors.Is(err, idem.ErrInvalidOption) {
+		errs = append(errs, err)
+	}
+	s := &server{cfg: cfg, op: op, err: errors.Join(errs...)}
+	return s.intercept
+}
+
+func (s *server) intercept(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	method := info.FullMethod
+	protect, required := s.cfg.policy(method)
+	if !protect {
+		return handler(ctx, req)
+	}
+	if s.err != nil {
+		s.report(ctx, method, s.err)
+		return nil, errInternal()
+	}
+	keys := metadata.ValueFromIncomingContext(ctx, s.cfg.header)
+	switch {
+	case len(keys) == 0 && required:
+		return nil, refusal(codes.InvalidArgument, ReasonKeyMissing,
+			fmt.Sprintf("idempotency key missing: %s requires %s metadata", method, s.cfg.header), noRetry)
+	case len(keys) == 0:
+		return handler(ctx, req)
+	case len(keys) > 1:
+		return nil, refusal(codes.InvalidArgument, ReasonKeyInvalid,
+			fmt.Sprintf("idempotency key invalid: %s metadata must appear once", s.cfg.header), noRetry)
+	}
+	msg, ok := req.(proto.Message)
+	if !ok {
+		s.report(ctx, method, fmt.Errorf("grpcadapter: request is %T, not a proto.Message", req))
+		return nil, errInternal()
+	}
+	return s.do(ctx, method, keys[0], msg, handler)
+}
+
+// do runs the handler under key, or replays its stored outcome.
+func (s *server) do(ctx context.Context, method, key string, req proto.Message, handler grpc.UnaryHandler) (any, error) {
+	var (
+		ran  bool     // the handler ran in this call
+		out  any      // its response
+		herr error    // its error
+		capt *capture // the metadata it set
+	)
+	resp, err := s.op.Do(ctx, key, call{method, req}, func(ctx context.Context, c call) (*response, error) {
+		ctx, capt = withCapture(ctx)
+		ran = true
+		out, herr = handler(ctx, c.req)
+		return s.storable(c.method, out, herr, capt)
+	})
+	if ran {
+		if err != nil && !errors.Is(err, errUnstored) {
+			s.report(ctx, method, err) // typically idem.ErrNotStored
+		}
+		marks := metadata.MD{HeaderStatus: {StatusNew}}
+		if err != nil {
+			marks[HeaderStored] = []string{"false"}
+		}
+		setMarks(ctx, marks, nil, nil, herr != nil)
+		return out, herr
+	}
+	if err != nil {
+		return nil, s.refuse(ctx, method, err)
+	}
+	if resp == nil {
+		s.report(ctx, method, fmt.Errorf("%w: empty stored response", idem.ErrCorruptRecord))
+		return nil, errInternal()
+	}
+	if resp.Method != method {
+		// Another method's outcome, found with signature validation off.
+		return nil, refusal(codes.FailedPrecondition, ReasonKeyReused,
+			"idempotency key reused: it was first used for another method", noRetry)
+	}
+	m, oerr := resp.outcome()
+	if errors.Is(oerr, idem.ErrCorruptRecord) {
+		s.report(ctx, method, oerr)
+		return nil, errInternal()
+	}
+	setMarks(ctx, metadata.MD{HeaderStatus: {StatusHit}}, resp.Header, resp.Trailer, oerr != nil)
+	if oerr != nil {
+		return nil, oerr // a stored final status
+	}
+	return m, nil
+}
+
+// setMarks sets the header and trailer metadata of a call's outcome, with
+// marks added to the header for a response and to the trailer for an error.
+// An error thus stays a trailers-only response unless the handler set a
+// header: gRPC's retry policy never retries a call once its response header
+// arrived (the call is committed, gRFC A6).
+func setMarks(ctx context.Context, marks, header, trailer metadata.MD, isErr bool) {
+	if isErr {
+		trailer = join(marks, trailer)
+	} else {
+		header = join(marks, header)
+	}
+	// An error means the call is over; nobody is left to tell.
+	_ = grpc.SetHeader(ctx, header)
+	_ = grpc.SetTrailer(ctx, trailer)
+}
+
+// storable returns what to store for the handler's outcome, or an error if
+// nothing is to be stored.
+func (s *server) storable(method string, out any, herr error, capt *capture) (*response, error) {
+	if herr != nil {
+		st, ok := status.FromError(herr)
+		if !ok {
+			st = status.FromContextError(herr) // as grpc does
+		}
+		if s.cfg.final == nil || !s.cfg.final(st) {
+			return nil, errUnstored
+		}
+		b, err := proto.Marshal(st.Proto())
+		if err != nil {
+			return nil, fmt.Errorf("grpcadapter: encoding status: %w", err)
+		}
+		resp := &response{Method: method, Status: b}
+		resp.Header, resp.Trailer = capt.recorded()
+		return resp, nil
+	}
+	m, ok := out.(proto.Message)
+	if !ok {
+		return nil, fmt.Errorf("grpcadapter: response is %T, not a proto.Message", out)
+	}
+	b, err := proto.Marshal(m)
+	if err != nil {
+		return nil, fmt.Errorf("grpcadapter: encoding response: %w", err)
+	}
+	resp := &response{Method: method, Type: string(m.ProtoReflect().Descriptor().FullName()), Body: b}
+	resp.Header, resp.Trailer = capt.recorded()
+	return resp, nil
+}
+
+// refuse returns the status of a call that idem answered with err, without
+// running the handler.
+func (s *server) refuse(ctx context.Context, method string, err error) error {
+	switch {
+	case errors.Is(err, idem.ErrInvalidKey):
+		return refusal(codes.InvalidArgument, ReasonKeyInvalid, err.Error(), noRetry)
+	case errors.Is(err, idem.ErrKeyReused):
+		return refusal(codes.FailedPrecondition, ReasonKeyReused,
+			"idempotency key reused: it was first used with another request", noRetry)
+	case errors.Is(err, idem.ErrInFlight):
+		return refusal(s.cfg.inFlight, ReasonInFlight,
+			"idempotency key in use: a call with this key is in flight; retry later", s.cfg.retryDelay)
+	case errors.Is(err, idem.ErrStore):
+		s.report(ctx, method, err)
+		return refusal(codes.Unavailable, ReasonStoreUnavailable,
+			"idempotency store unavailable", s.cfg.retryDelay)
+	case ctx.Err() != nil:
+		// The call ended while idem waited for the store or for an
+		// in-flight call.
+		return status.FromContextError(ctx.Err()).Err()
+	default:
+		s.report(ctx, method, err)
+		return errInternal()
+	}
+}
+
+func (s *server) report(ctx context.Context, method string, err error) {
+	if s.cfg.hook != nil {
+		s.cfg.hook(ctx, method, err)
+	}
+}
