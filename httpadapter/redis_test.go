@@ -81,3 +81,9 @@ func BenchmarkRedis(b *testing.B) {
 		b.ReportMetric(perOp(b)/getNs, "x-get")
 	})
 }
+
+// TestRedisCluster runs every middleware test on the 3-master Redis Cluster.
+func TestRedisCluster(t *testing.T) {
+	s := redisstore.New(redistest.Cluster(t))
+	testMiddleware(t, func(*testing.T) idem.Store { return s })
+}
