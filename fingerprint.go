@@ -85,7 +85,7 @@ func (e *canon) value(v reflect.Value, depth int) error {
 		return nil
 	}
 	t := v.Type()
-	if t == timeType || t.Kind() != reflect.Pointer && t.Kind() != reflect.Interface && marshals(t) {
+	if t == timeType || t.Kind() != reflect.Pointer && t.Kind() != reflect.Interface && marshals(t) && !promoted(t) {
 		return e.marshaled(v)
 	}
 	switch t.Kind() {
@@ -166,9 +166,30 @@ func marshals(t reflect.Type) bool {
 		pt.Implements(binaryMarshalerTyp) || pt.Implements(textMarshalerTyp)
 }
 
+// promoted reports whether struct type t gets a marshaler from an embedded
+// field, as struct{ time.Time; Amount int } gets time.Time's: such a
+// marshaler encodes the embedded value only, so the fields are walked
+// instead.
+func promoted(t reflect.Type) bool {
+	if t.Kind() != reflect.Struct {
+		return false
+	}
+	for i := range t.NumField() {
+		if f := t.Field(i); f.Anonymous && (f.Type == timeType || marshals(f.Type) || f.Type.Kind() == reflect.Pointer && marshals(f.Type.Elem())) {
+			return true
+		}
+	}
+	return false
+}
+
 // marshaled encodes a time.Time by its instant, and other values with their
-// binary or text marshaler.
-func (e *canon) marshaled(v reflect.Value) error {
+// binary or text marshaler. A marshaler that panics gives ErrFingerprint.
+func (e *canon) marshaled(v reflect.Value) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w: %s: marshaler panicked: %v", ErrFingerprint, v.Type(), r)
+		}
+	}()
 	t := v.Type()
 	if !v.CanInterface() {
 		return fmt.Errorf("%w: %s reached through an unexported field", ErrFingerprint, t)
@@ -186,7 +207,6 @@ func (e *canon) marshaled(v reflect.Value) error {
 		v = c
 	}
 	var b []byte
-	var err error
 	switch m := v.Addr().Interface().(type) {
 	case encoding.BinaryMarshaler:
 		e.tag('M')
@@ -218,6 +238,9 @@ func (e *canon) structValue(v reflect.Value, depth int) error {
 // fields encodes the exported fields of struct v, and those promoted from
 // its unexported embedded structs, and returns how many it encoded.
 func (e *canon) fields(v reflect.Value, depth int) (int, error) {
+	if depth > maxDepth {
+		return 0, fmt.Errorf("%w: nested deeper than %d (a pointer cycle?)", ErrFingerprint, maxDepth)
+	}
 	t := v.Type()
 	n := 0
 	for i := range t.NumField() {

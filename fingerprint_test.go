@@ -188,3 +188,60 @@ func TestFingerprintMarshalersAndEmbedding(t *testing.T) {
 		t.Errorf("empty struct: %v", err)
 	}
 }
+
+type node struct {
+	*node
+	X int
+}
+
+func TestFingerprintEmbeddedMarshalers(t *testing.T) {
+	type charge struct {
+		time.Time
+		Amount  int64
+		Account string
+	}
+	at := time.Unix(1700000000, 0)
+	if mustFP(t, charge{at, 100, "a"}) == mustFP(t, charge{at, 1000000, "a"}) {
+		t.Error("an embedded time.Time hides the other fields")
+	}
+	type money struct {
+		*big.Int
+		Currency string
+	}
+	if mustFP(t, money{big.NewInt(1), "USD"}) == mustFP(t, money{big.NewInt(1), "EUR"}) {
+		t.Error("an embedded *big.Int hides the other fields")
+	}
+	type nilEmbedded struct {
+		*time.Time
+		Amount int
+	}
+	if _, err := idem.Fingerprint(nilEmbedded{Amount: 1}); err != nil {
+		t.Errorf("nil embedded *time.Time: %v", err)
+	}
+	loop := &node{X: 1}
+	loop.node = loop
+	if _, err := idem.Fingerprint(loop); !errors.Is(err, idem.ErrFingerprint) {
+		t.Errorf("cycle through an embedded pointer: %v, want ErrFingerprint", err)
+	}
+}
+
+type panicky struct{ v *int }
+
+func (p panicky) MarshalText() ([]byte, error) { return []byte(fmt.Sprint(*p.v)), nil }
+
+func TestFingerprintMarshalerPanics(t *testing.T) {
+	if _, err := idem.Fingerprint(panicky{}); !errors.Is(err, idem.ErrFingerprint) {
+		t.Errorf("panicking marshaler: %v, want ErrFingerprint", err)
+	}
+}
+
+// TestFingerprintGoldenMarshalers pins the encoding of marshaler types:
+// 'X', length, MarshalText (a pointer-receiver method on big.Int), behind
+// 'p' for the pointer. Computed independently:
+// python3 -c "import hashlib; print(hashlib.sha256(b'p' + b'X\x03100').hexdigest())"
+func TestFingerprintGoldenMarshalers(t *testing.T) {
+	const want = "0c4533b56227717d54d60a3c76322a4ec1b63d921a5757b427569155fad25f84"
+	if got := mustFP(t, big.NewInt(100)); got != want {
+		t.Errorf("Fingerprint(big.NewInt(100)) = %s, want %s", got, want)
+	}
+}

@@ -113,7 +113,10 @@ type Lease interface {
 	Refresh(ctx context.Context, ttl time.Duration) error
 	// Commit atomically replaces the lease with record, kept for ttl. It
 	// returns ErrLeaseLost, and writes nothing, when the key no longer holds
-	// this lease.
+	// this lease. Commit must be idempotent: Do retries a Commit that
+	// failed with another error (its reply may have been lost), so a Commit
+	// of the same record by the same lease after one that succeeded returns
+	// nil.
 	Commit(ctx context.Context, record []byte, ttl time.Duration) error
 	// Release deletes the lease so another caller may acquire the key. It
 	// returns ErrLeaseLost, and deletes nothing, when the key no longer holds

@@ -17,14 +17,17 @@ import (
 // it. It runs on timers, so a fn that finishes within a third of ttl costs
 // no goroutine. stop waits for a refresh under way, so that no Lease method
 // runs after it returns; it may be called more than once.
-func keepAlive(ctx context.Context, lease Lease, ttl time.Duration, cancel context.CancelCauseFunc) (stop func()) {
+//
+// acquired is when the Acquire that granted the lease was sent: the store
+// set the lease's expiry no earlier.
+func keepAlive(ctx context.Context, lease Lease, acquired time.Time, ttl time.Duration, cancel context.CancelCauseFunc) (stop func()) {
 	var (
 		mu      sync.Mutex
 		stopped bool
 		running sync.WaitGroup
 		timer   *time.Timer
+		expiry  *time.Timer
 	)
-	expiry := time.AfterFunc(ttl, func() { cancel(ErrLeaseLost) })
 	refresh := func() {
 		mu.Lock()
 		if stopped {
@@ -44,9 +47,6 @@ func keepAlive(ctx context.Context, lease Lease, ttl time.Duration, cancel conte
 		next := ttl / 3
 		switch {
 		case err == nil:
-			// The store extended the lease to ttl after it received the
-			// refresh, which was after sent.
-			expiry.Reset(time.Until(sent.Add(ttl)))
 		case errors.Is(err, ErrLeaseLost):
 			cancel(ErrLeaseLost)
 			return
@@ -55,11 +55,17 @@ func keepAlive(ctx context.Context, lease Lease, ttl time.Duration, cancel conte
 		}
 		mu.Lock()
 		if !stopped {
+			if err == nil {
+				// The store extended the lease to ttl after it received
+				// the refresh, which was after sent.
+				expiry.Reset(time.Until(sent.Add(ttl)))
+			}
 			timer.Reset(next)
 		}
 		mu.Unlock()
 	}
 	mu.Lock()
+	expiry = time.AfterFunc(time.Until(acquired.Add(ttl)), func() { cancel(ErrLeaseLost) })
 	timer = time.AfterFunc(ttl/3, refresh)
 	mu.Unlock()
 	return func() {

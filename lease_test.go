@@ -136,17 +136,30 @@ func TestWaitFailureIsStoreError(t *testing.T) {
 	}
 }
 
-func TestPanicAfterFnReleasesLease(t *testing.T) {
+// TestPanicAfterFnKeepsLease: when the final-error predicate (or the codec)
+// panics after fn returned, fn's effect stands, so the lease is not released
+// for an immediate re-run: it expires after the lease TTL. The panic reaches
+// the caller.
+func TestPanicAfterFnKeepsLease(t *testing.T) {
+	const lockTTL = 200 * time.Millisecond
 	s := memstore.New()
 	ctx := context.Background()
-	boom := idem.New[string, int](s, idem.WithLockTTL(time.Minute), idem.WithFinalErrors(func(error) bool { panic("predicate") }))
+	boom := idem.New[string, int](s, idem.WithLockTTL(lockTTL), idem.WithFinalErrors(func(error) bool { panic("predicate") }))
 	func() {
-		defer func() { _ = recover() }()
+		defer func() {
+			if r := recover(); r != "predicate" {
+				t.Errorf("recovered %v, want the predicate's panic", r)
+			}
+		}()
 		_, _ = boom.Do(ctx, "k", "r", func(context.Context, string) (int, error) { return 0, errors.New("x") })
 	}()
-	op := idem.New[string, int](s, idem.WithLockTTL(time.Minute))
+	op := idem.New[string, int](s, idem.WithLockTTL(lockTTL))
+	if _, err := op.Do(ctx, "k", "r", mustNotRun[string, int](t)); !errors.Is(err, idem.ErrInFlight) {
+		t.Fatalf("right after the panic: %v, want ErrInFlight (lease kept)", err)
+	}
+	time.Sleep(lockTTL + 50*time.Millisecond)
 	if r, err := op.Do(ctx, "k", "r", func(context.Context, string) (int, error) { return 1, nil }); err != nil || r != 1 {
-		t.Fatalf("after a panic in the final-error predicate: %d, %v; want the lease released", r, err)
+		t.Fatalf("after the lease expired: %d, %v; want fn to run", r, err)
 	}
 }
 
@@ -170,5 +183,60 @@ func TestCodecNameTooLong(t *testing.T) {
 	op := idem.New[string, int](memstore.New(), idem.WithCodec(longNameCodec{}))
 	if _, err := op.Do(context.Background(), "k", "r", mustNotRun[string, int](t)); !errors.Is(err, idem.ErrInvalidOption) {
 		t.Fatalf("err = %v, want ErrInvalidOption", err)
+	}
+}
+
+// stopStore grants leases whose first Refresh is still under way when fn
+// returns, and whose Commit outlasts the lease TTL, recording the cause of
+// fn's context meanwhile.
+type stopStore struct {
+	refreshing, fnDone chan struct{}
+	fnCtx              context.Context
+	causeInCommit      error
+}
+
+func (s *stopStore) Acquire(context.Context, string, string, time.Duration) (idem.Acquisition, error) {
+	return idem.Acquisition{Lease: &stopLease{s}}, nil
+}
+func (s *stopStore) Wait(context.Context, string) error { return nil }
+
+type stopLease struct{ s *stopStore }
+
+func (l *stopLease) Refresh(context.Context, time.Duration) error {
+	select {
+	case <-l.s.refreshing:
+	default:
+		close(l.s.refreshing)
+	}
+	<-l.s.fnDone
+	time.Sleep(20 * time.Millisecond) // stop has stopped the timers by now
+	return nil
+}
+
+func (l *stopLease) Commit(context.Context, []byte, time.Duration) error {
+	time.Sleep(200 * time.Millisecond) // longer than the lease TTL
+	l.s.causeInCommit = context.Cause(l.s.fnCtx)
+	return nil
+}
+
+func (l *stopLease) Release(context.Context) error { return nil }
+
+// TestRefreshUnderWayAtStop: a refresh that succeeds after fn returned must
+// not re-arm the lease-expiry timer that stop has stopped, which would
+// cancel fn's context with ErrLeaseLost during Commit.
+func TestRefreshUnderWayAtStop(t *testing.T) {
+	s := &stopStore{refreshing: make(chan struct{}), fnDone: make(chan struct{})}
+	op := idem.New[string, int](s, idem.WithLockTTL(90*time.Millisecond))
+	_, err := op.Do(context.Background(), "k", "r", func(ctx context.Context, _ string) (int, error) {
+		s.fnCtx = ctx
+		<-s.refreshing
+		close(s.fnDone)
+		return 1, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if errors.Is(s.causeInCommit, idem.ErrLeaseLost) {
+		t.Error("fn's context was cancelled with ErrLeaseLost during Commit: the stopped expiry timer was re-armed")
 	}
 }

@@ -104,6 +104,7 @@ func (o *Operation[Req, Resp]) DoInfo(ctx context.Context, key string, req Req, 
 
 	var waitCtx context.Context
 	for {
+		sent := time.Now()
 		acq, err := o.store.Acquire(ctx, skey, fp, o.cfg.lockTTL)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -117,7 +118,7 @@ func (o *Operation[Req, Resp]) DoInfo(ctx context.Context, key string, req Req, 
 			info.Replayed = err == nil || errors.Is(err, ErrReplayed)
 			return resp, info, err
 		case acq.Lease != nil:
-			resp, err := o.execute(ctx, acq.Lease, fp, req, fn)
+			resp, err := o.execute(ctx, acq.Lease, sent, fp, req, fn)
 			return resp, info, err
 		}
 		if o.cfg.validate && acq.Holder != fp {
@@ -172,30 +173,39 @@ func (o *Operation[Req, Resp]) replay(b []byte, fp string) (Resp, error) {
 	return resp, nil
 }
 
-// execute runs fn under lease and stores its outcome.
-func (o *Operation[Req, Resp]) execute(ctx context.Context, lease Lease, fp string, req Req, fn func(context.Context, Req) (Resp, error)) (Resp, error) {
+// execute runs fn under lease, granted by an Acquire sent at acquired, and
+// stores its outcome.
+func (o *Operation[Req, Resp]) execute(ctx context.Context, lease Lease, acquired time.Time, fp string, req Req, fn func(context.Context, Req) (Resp, error)) (Resp, error) {
 	fnCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	stop := keepAlive(fnCtx, lease, o.cfg.lockTTL, cancel)
+	stop := keepAlive(fnCtx, lease, acquired, o.cfg.lockTTL, cancel)
 
-	settled := false // the lease has been handed to Commit or Release
+	returned, settled := false, false
 	defer func() {
-		if !settled { // fn, the codec or a predicate panicked, or Goexit
-			stop()
+		stop()
+		switch {
+		case settled:
+		case !returned: // fn panicked or called runtime.Goexit: it did not complete
 			o.release(ctx, lease)
+		default:
+			// The codec or the final-error predicate panicked after fn
+			// completed. Its effect stands, so the lease is left to expire
+			// rather than released: a retry right now is refused, not run.
 		}
 	}()
 	resp, ferr := fn(fnCtx, req)
+	returned = true
 	stop()
 
 	rec := record{fingerprint: fp, codec: o.cfg.codec.Name()}
 	switch {
 	case ferr == nil:
-		payload, err := o.cfg.codec.Marshal(resp)
+		payload, err := o.encode(resp)
 		if err != nil {
+			// fn succeeded but its result cannot be stored. As above, the
+			// lease is left to expire.
 			settled = true
-			o.release(ctx, lease)
-			return resp, fmt.Errorf("%w: encoding result: %w", ErrNotStored, err)
+			return resp, fmt.Errorf("%w: %w", ErrNotStored, err)
 		}
 		rec.kind, rec.payload = kindValue, payload
 	case isFinal(ferr, o.cfg.final):
@@ -207,6 +217,21 @@ func (o *Operation[Req, Resp]) execute(ctx context.Context, lease Lease, fp stri
 	}
 	settled = true
 	return resp, o.commit(ctx, lease, rec, ferr)
+}
+
+// encode encodes resp, and decodes the result once, so that a value the
+// codec cannot bring back (an interface field, a type it encodes but does not
+// decode) is refused now instead of stored as a record no call can replay.
+func (o *Operation[Req, Resp]) encode(resp Resp) ([]byte, error) {
+	payload, err := o.cfg.codec.Marshal(resp)
+	if err != nil {
+		return nil, fmt.Errorf("encoding result: %w", err)
+	}
+	var back Resp
+	if err := o.cfg.codec.Unmarshal(payload, &back); err != nil {
+		return nil, fmt.Errorf("result would not decode: %w", err)
+	}
+	return payload, nil
 }
 
 // commit stores rec under lease. A failure other than a lost lease is
@@ -222,7 +247,7 @@ func (o *Operation[Req, Resp]) commit(ctx context.Context, lease Lease, rec reco
 		if err == nil {
 			return ferr
 		}
-		if errors.Is(err, ErrLeaseLost) || cctx.Err() != nil {
+		if errors.Is(err, ErrLeaseLost) || errors.Is(err, ErrCorruptRecord) || cctx.Err() != nil {
 			return errors.Join(fmt.Errorf("%w: %w", ErrNotStored, err), ferr)
 		}
 		t := time.NewTimer(backoff)

@@ -3,6 +3,7 @@ package idem_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"runtime"
 	"strings"
 	"sync/atomic"
@@ -241,19 +242,36 @@ func TestLostLeaseCancelsFn(t *testing.T) {
 	}
 }
 
+// TestUnencodableResult: a result the codec cannot encode, or cannot decode
+// back, is not stored (ErrNotStored, fn's value returned), and the lease is
+// left to expire rather than released for an immediate re-run.
 func TestUnencodableResult(t *testing.T) {
-	s := memstore.New()
-	op := idem.New[string, chan int](s, idem.WithLockTTL(time.Minute))
-	runs := 0
-	fn := func(context.Context, string) (chan int, error) { runs++; return make(chan int), nil }
-	_, err := op.Do(context.Background(), "k", "r", fn)
-	if !errors.Is(err, idem.ErrNotStored) {
-		t.Fatalf("err = %v, want ErrNotStored", err)
-	}
-	_, _ = op.Do(context.Background(), "k", "r", fn)
-	if runs != 2 {
-		t.Fatalf("runs = %d: the lease was not released after the encoding failure", runs)
-	}
+	const lockTTL = 200 * time.Millisecond
+	ctx := context.Background()
+	t.Run("encode", func(t *testing.T) {
+		op := idem.New[string, chan int](memstore.New(), idem.WithLockTTL(lockTTL))
+		_, err := op.Do(ctx, "k", "r", func(context.Context, string) (chan int, error) { return make(chan int), nil })
+		if !errors.Is(err, idem.ErrNotStored) {
+			t.Fatalf("err = %v, want ErrNotStored", err)
+		}
+		if _, err := op.Do(ctx, "k", "r", mustNotRun[string, chan int](t)); !errors.Is(err, idem.ErrInFlight) {
+			t.Fatalf("immediate retry: %v, want ErrInFlight (lease kept)", err)
+		}
+	})
+	t.Run("decode", func(t *testing.T) {
+		type withIface struct{ S fmt.Stringer }
+		op := idem.New[string, withIface](memstore.New(), idem.WithLockTTL(lockTTL))
+		r, err := op.Do(ctx, "k", "r", func(context.Context, string) (withIface, error) { return withIface{time.Second}, nil })
+		if !errors.Is(err, idem.ErrNotStored) || r.S != time.Second {
+			t.Fatalf("Do = %v, %v; want fn's value and ErrNotStored (a record that would never replay)", r, err)
+		}
+		time.Sleep(lockTTL + 50*time.Millisecond)
+		runs := 0
+		_, _ = op.Do(ctx, "k", "r", func(context.Context, string) (withIface, error) { runs++; return withIface{}, nil })
+		if runs != 1 {
+			t.Fatalf("after the lease expired fn ran %d times, want 1: nothing was stored", runs)
+		}
+	})
 }
 
 func TestGoexitReleasesLease(t *testing.T) {

@@ -98,6 +98,10 @@ func testCommitReplay(t *testing.T, e *env) {
 	if err := l.Commit(ctxFor(t), rec, time.Minute); err != nil {
 		t.Fatalf("Commit: %v", err)
 	}
+	// A repeated Commit (its reply was lost, say) succeeds.
+	if err := l.Commit(ctxFor(t), rec, time.Minute); err != nil {
+		t.Fatalf("repeated Commit of the same record: %v, want nil (Commit is idempotent)", err)
+	}
 	for i := range 3 {
 		a, err := e.store.Acquire(ctxFor(t), k, "other", time.Minute)
 		if err != nil {

@@ -10,6 +10,7 @@
 package memstore
 
 import (
+	"bytes"
 	"container/heap"
 	"context"
 	"errors"
@@ -70,7 +71,8 @@ type entry struct {
 	done        chan struct{} // closed when the lease ends
 
 	// Record state: token == 0.
-	record []byte
+	record    []byte
+	committer uint64 // the token of the lease that committed the record
 }
 
 func (e *entry) leased() bool { return e.token != 0 }
@@ -190,10 +192,14 @@ func (l *lease) Commit(ctx context.Context, record []byte, ttl time.Duration) er
 	defer l.s.mu.Unlock()
 	e, err := l.s.held(l.key, l.token)
 	if err != nil {
+		if e, ok := l.s.entries[l.key]; ok && !e.leased() && e.committer == l.token && bytes.Equal(e.record, record) {
+			return nil // this lease's commit, repeated
+		}
 		return err
 	}
 	heap.Remove(&l.s.leases, e.index)
 	close(e.done)
+	e.committer = e.token
 	e.token, e.fingerprint, e.done = 0, "", nil
 	e.record = append(make([]byte, 0, len(record)), record...) // non-nil even when empty
 	e.expires = time.Now().Add(ttl)
