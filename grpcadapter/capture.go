@@ -49,7 +49,9 @@ func (resp *response) outcome() (proto.Message, error) {
 	}
 	mt, err := protoregistry.GlobalTypes.FindMessageByName(protoreflect.FullName(resp.Type))
 	if err != nil {
-		return nil, fmt.Errorf("%w: stored message type %q: %w", idem.ErrCorruptRecord, resp.Type, err)
+		return nil, fmt.Errorf("%w: stored response type %q is not registered in protoregistry.GlobalTypes "+
+			"(is its package linked into this binary?); every replay of this key fails until the record expires: %w",
+			idem.ErrCorruptRecord, resp.Type, err)
 	}
 	m := mt.New().Interface()
 	if err := proto.Unmarshal(resp.Body, m); err != nil {

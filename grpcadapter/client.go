@@ -27,7 +27,10 @@ type keyOption struct {
 // key, to any method and in place of any key the outgoing metadata holds.
 // Pass the same key to the calls that must run once, such as the attempts
 // of a retry loop around the call. It takes effect only through
-// UnaryClientInterceptor.
+// UnaryClientInterceptor, which fails the call without sending it, with
+// InvalidArgument and reason ReasonKeyInvalid, if key is not 1 to
+// idem.MaxKeyLen printable ASCII characters, as the server and metadata
+// require.
 func CallKey(key string) grpc.CallOption { return keyOption{key: key} }
 
 // UnaryClientInterceptor returns an interceptor that gives every call of a
@@ -39,6 +42,17 @@ func CallKey(key string) grpc.CallOption { return keyOption{key: key} }
 // interceptors chained after this one. Interceptors chained before it, and
 // the caller's own loops, make new calls, which get new keys unless given
 // one with CallKey.
+//
+// Hedging (the hedging policy of gRFC A6, where a gRPC client or a proxy
+// implements it; grpc-go does not) sends several attempts of a call at
+// once, all with the call's key. An attempt that reaches the server while
+// another one runs the handler finds the key in flight, and is refused with
+// Aborted (the code set by WithInFlightCode). Unless the hedging policy
+// lists that code among its nonFatalStatusCodes, the refusal ends the call,
+// cancelling the attempt that runs the handler. List ABORTED there, or give
+// the server a code that is listed (WithInFlightCode), or a wait timeout
+// (idem.WithWaitTimeout, through WithOptions) so that later attempts wait
+// for the first one's response and receive it as a hit.
 //
 // Of the options it honours WithMetadataKey, WithMethods, WithMethodFilter
 // and WithErrorHook. Options that cannot be honoured make every call fail
@@ -58,6 +72,11 @@ func UnaryClientInterceptor(opts ...Option) grpc.UnaryClientInterceptor {
 				cfg.hook(ctx, method, cerr)
 			}
 			return status.Error(codes.Internal, cerr.Error())
+		}
+		if key != nil {
+			if err := checkCallKey(key.key); err != nil {
+				return refusal(codes.InvalidArgument, ReasonKeyInvalid, "grpcadapter.CallKey: "+err.Error(), noRetry)
+			}
 		}
 		switch present := len(metadata.ValueFromOutgoingContext(ctx, cfg.header)) > 0; {
 		case key != nil && present:

@@ -67,6 +67,33 @@ func testClientCallKey(t *testing.T, newStore newStoreFunc) {
 	}
 }
 
+// testClientCallKeyInvalid checks that the client interceptor refuses an
+// invalid CallKey as the server would, without sending the call.
+func testClientCallKeyInvalid(t *testing.T, newStore newStoreFunc) {
+	var attempts atomic.Int32
+	count := func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		attempts.Add(1)
+		return handler(ctx, req)
+	}
+	e := start(t, newStore(t), setup{outer: []grpc.UnaryServerInterceptor{count}, dial: []grpc.DialOption{withClient()}})
+	ctx := testCtx(t)
+	for name, key := range map[string]string{
+		"empty":     "",
+		"too long":  keyOfLen(idem.MaxKeyLen + 1),
+		"control":   grpcadapter.NewKey() + "\n",
+		"not ASCII": "clé-" + grpcadapter.NewKey(),
+	} {
+		t.Run(name, func(t *testing.T) {
+			r := e.call(ctx, "", order("book"), grpcadapter.CallKey(key))
+			wantRefusal(t, r.err, codes.InvalidArgument, grpcadapter.ReasonKeyInvalid)
+		})
+	}
+	if n := attempts.Load(); n != 0 {
+		t.Errorf("server saw %d calls, want 0", n)
+	}
+	wantOK(t, e.call(ctx, "", order("book"), grpcadapter.CallKey(keyOfLen(idem.MaxKeyLen))), grpcadapter.StatusNew)
+}
+
 // testClientMethods checks that the client interceptor gives no key to calls
 // of methods WithMethods leaves out.
 func testClientMethods(t *testing.T, newStore newStoreFunc) {

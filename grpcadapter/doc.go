@@ -10,12 +10,16 @@
 // requires a key (see WithKeyRequired). A call is identified by a
 // fingerprint of its full method name and the deterministic wire encoding
 // of its request, so the same key sent to another method is a reused key.
-// For each key:
+// Keys are shared by all callers unless WithScope makes them private to a
+// scope, such as the caller's tenant. For each key:
 //
 //   - The first call runs the handler. Its response is stored (its message
 //     type's full name and wire encoding, with the header and trailer
 //     metadata the handler set), then returned with the header
-//     idempotency-status: new.
+//     idempotency-status: new. The type must be registered in
+//     protoregistry.GlobalTypes, as generated types are, for the response
+//     to be replayed: otherwise retries fail with Internal until the
+//     record expires.
 //   - A retry with the same fingerprint receives the stored response, as a
 //     message of the same type, with the same metadata and
 //     idempotency-status: hit. The handler does not run.
@@ -70,7 +74,8 @@
 // every attempt of the call sends it: the retries of gRPC's retry policy,
 // and those of retrying interceptors chained after it. CallKey passes a
 // chosen key with one call, for instance to the attempts of the caller's own
-// retry loop.
+// retry loop. Attempts that run at once, as with hedging, need the server
+// to tolerate them (see UnaryClientInterceptor).
 //
 // # Streams
 //

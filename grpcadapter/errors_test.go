@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -14,7 +15,13 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protodesc"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
 	"google.golang.org/protobuf/testing/protocmp"
+	"google.golang.org/protobuf/types/descriptorpb"
+	"google.golang.org/protobuf/types/dynamicpb"
 
 	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/grpcadapter"
@@ -258,6 +265,79 @@ func testCorruptRecord(t *testing.T, newStore newStoreFunc) {
 				t.Errorf("handler ran %d times, want 0", n)
 			}
 		})
+	}
+}
+
+// unregisteredReceipt returns a message of a type that is not in
+// protoregistry.GlobalTypes, idem.test.Receipt, whose field 2 is a string,
+// as SimpleResponse's Username is.
+func unregisteredReceipt(t *testing.T, username string) proto.Message {
+	t.Helper()
+	fd, err := protodesc.NewFile(&descriptorpb.FileDescriptorProto{
+		Name:    proto.String("idem/test/receipt.proto"),
+		Package: proto.String("idem.test"),
+		Syntax:  proto.String("proto3"),
+		MessageType: []*descriptorpb.DescriptorProto{{
+			Name: proto.String("Receipt"),
+			Field: []*descriptorpb.FieldDescriptorProto{{
+				Name:     proto.String("username"),
+				JsonName: proto.String("username"),
+				Number:   proto.Int32(2),
+				Type:     descriptorpb.FieldDescriptorProto_TYPE_STRING.Enum(),
+				Label:    descriptorpb.FieldDescriptorProto_LABEL_OPTIONAL.Enum(),
+			}},
+		}},
+	}, new(protoregistry.Files))
+	if err != nil {
+		t.Fatal(err)
+	}
+	md := fd.Messages().Get(0)
+	m := dynamicpb.NewMessage(md)
+	m.Set(md.Fields().ByNumber(2), protoreflect.ValueOfString(username))
+	return m
+}
+
+// testUnregisteredType checks that a stored response whose message type is
+// not registered in protoregistry.GlobalTypes is answered with Internal,
+// without running the handler, and reported as such.
+func testUnregisteredType(t *testing.T, newStore newStoreFunc) {
+	var hook hookErrs
+	receipt := unregisteredReceipt(t, "receipt 1")
+	e := start(t, newStore(t), setup{
+		opts: []grpcadapter.Option{hook.option()},
+		// The handler's response is replaced by a dynamic message, which
+		// the client reads as a SimpleResponse.
+		inner: []grpc.UnaryServerInterceptor{func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+			if _, err := handler(ctx, req); err != nil {
+				return nil, err
+			}
+			return receipt, nil
+		}},
+	})
+	ctx, key := testCtx(t), grpcadapter.NewKey()
+	r := e.call(ctx, key, order("book"))
+	wantOK(t, r, grpcadapter.StatusNew)
+	if got := r.resp.GetUsername(); got != "receipt 1" {
+		t.Errorf("Username = %q, want receipt 1", got)
+	}
+	for range 2 {
+		r = e.call(ctx, key, order("book"))
+		wantRefusal(t, r.err, codes.Internal, grpcadapter.ReasonInternal)
+	}
+	errs := hook.get()
+	if len(errs) != 2 {
+		t.Fatalf("hook got %v, want two errors", errs)
+	}
+	for _, err := range errs {
+		msg := err.Error()
+		if !errors.Is(err, idem.ErrCorruptRecord) || !errors.Is(err, protoregistry.NotFound) ||
+			!strings.Contains(msg, `"idem.test.Receipt" is not registered in protoregistry.GlobalTypes`) ||
+			!strings.Contains(msg, "until the record expires") {
+			t.Errorf("hook got %q, want it to say that idem.test.Receipt is not registered, until the record expires", msg)
+		}
+	}
+	if n := e.runs.Load(); n != 1 {
+		t.Errorf("handler ran %d times, want 1", n)
 	}
 }
 

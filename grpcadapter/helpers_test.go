@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -27,7 +28,8 @@ import (
 )
 
 // newStoreFunc returns the store a test runs on. It may return one store
-// for every test: keys are random per test and run.
+// for every test, for the whole process (see TestRedis): every key a test
+// stores under must be fresh, from NewKey or keyOfLen.
 type newStoreFunc func(t *testing.T) idem.Store
 
 func TestMemstore(t *testing.T) {
@@ -53,6 +55,8 @@ func testServer(t *testing.T, newStore newStoreFunc) {
 		{"KeyRequired", testKeyRequired},
 		{"KeyInvalid", testKeyInvalid},
 		{"KeyReused", testKeyReused},
+		{"Scope", testScope},
+		{"ScopeKeys", testScopeKeys},
 		{"SignatureValidationOff", testSignatureValidationOff},
 		{"MetadataKey", testMetadataKey},
 		{"Namespace", testNamespace},
@@ -63,6 +67,7 @@ func testServer(t *testing.T, newStore newStoreFunc) {
 		{"StoreUnavailable", testStoreUnavailable},
 		{"NotStored", testNotStored},
 		{"CorruptRecord", testCorruptRecord},
+		{"UnregisteredType", testUnregisteredType},
 		{"InvalidOptions", testInvalidOptions},
 		{"InFlight", testInFlight},
 		{"InFlightCode", testInFlightCode},
@@ -71,6 +76,7 @@ func testServer(t *testing.T, newStore newStoreFunc) {
 		{"ClientKey", testClientKey},
 		{"ClientCallerKey", testClientCallerKey},
 		{"ClientCallKey", testClientCallKey},
+		{"ClientCallKeyInvalid", testClientCallKeyInvalid},
 		{"ClientMethods", testClientMethods},
 		{"ClientInvalidOptions", testClientInvalidOptions},
 		{"ClientRetryPolicy", testClientRetryPolicy},
@@ -146,6 +152,8 @@ type setup struct {
 	// outer are server interceptors that run before the idempotency
 	// interceptor.
 	outer []grpc.UnaryServerInterceptor
+	// inner are server interceptors that run after it, with the handler.
+	inner []grpc.UnaryServerInterceptor
 	dial  []grpc.DialOption
 	mdKey string // the metadata key UnaryCall records; MetadataKey when ""
 }
@@ -168,6 +176,7 @@ func start(t *testing.T, store idem.Store, s setup) *env {
 	}
 	svc := &service{unary: s.unary, mdKey: s.mdKey}
 	interceptors := append(slices.Clone(s.outer), grpcadapter.UnaryServerInterceptor(store, s.opts...))
+	interceptors = append(interceptors, s.inner...)
 	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(interceptors...))
 	testpb.RegisterTestServiceServer(srv, svc)
 	lis := bufconn.Listen(1 << 20)
@@ -219,6 +228,13 @@ func (e *env) call(ctx context.Context, key string, req *testpb.SimpleRequest, o
 	opts = append(opts, grpc.Header(&r.header), grpc.Trailer(&r.trailer))
 	r.resp, r.err = e.client.UnaryCall(ctx, req, opts...)
 	return r
+}
+
+// keyOfLen returns a fresh key of n bytes (at least 26): padding, then a
+// key from NewKey.
+func keyOfLen(n int) string {
+	id := grpcadapter.NewKey()
+	return strings.Repeat("k", n-len(id)) + id
 }
 
 // order is a request for the tests.

@@ -37,9 +37,10 @@ type Option func(*config)
 type config struct {
 	core       []idem.Option
 	header     string
-	protect    func(fullMethod string) bool // nil: every method
-	require    func(fullMethod string) bool // nil: none
-	final      func(*status.Status) bool    // nil: none
+	protect    func(fullMethod string) bool     // nil: every method
+	require    func(fullMethod string) bool     // nil: none
+	scope      func(ctx context.Context) string // nil: keys are not scoped
+	final      func(*status.Status) bool        // nil: none
 	inFlight   codes.Code
 	retryDelay time.Duration
 	hook       func(ctx context.Context, fullMethod string, err error)
@@ -168,6 +169,26 @@ func methodSet(name string, methods []string, c *config) (func(string) bool, boo
 func validMethod(m string) bool {
 	svc, method, ok := strings.Cut(strings.TrimPrefix(m, "/"), "/")
 	return ok && strings.HasPrefix(m, "/") && svc != "" && method != "" && !strings.Contains(method, "/")
+}
+
+// WithScope makes keys private to a scope, such as the authenticated
+// account or tenant: f returns the scope of a call, given its context, and
+// the same key sent in two scopes names two unrelated records, so tenants
+// who pick the same key never see each other's responses. f runs, for calls
+// that carry a key, after the interceptors chained before this one, so it
+// can read what an authentication interceptor put in the context (or use
+// peer.FromContext or metadata.FromIncomingContext). Calls for which f
+// returns "" share one scope. Server only.
+//
+// With a scope, the key given to idem is the decimal length of the scope,
+// ':', the scope, ':' and the key, as in httpadapter; when that is longer
+// than idem.MaxKeyLen or the scope is not printable ASCII, it is replaced by
+// "sha256:" and the hex SHA-256 of it. Without WithScope (or with a nil f),
+// the default, the key is given to idem as it is, and calls share it
+// whoever makes them. Adding, removing or changing the scope changes the
+// keys of the records: a retry across the change runs the handler again.
+func WithScope(f func(ctx context.Context) string) Option {
+	return func(c *config) { c.scope = f }
 }
 
 // WithFinalCodes stores, and replays to later calls with the same key, the

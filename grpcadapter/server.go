@@ -114,7 +114,16 @@ func (s *server) intercept(ctx context.Context, req any, info *grpc.UnaryServerI
 		s.report(ctx, method, fmt.Errorf("grpcadapter: request is %T, not a proto.Message", req))
 		return nil, errInternal()
 	}
-	return s.do(ctx, method, keys[0], msg, handler)
+	key := keys[0]
+	if s.cfg.scope != nil {
+		// Once composed, the key could be valid for idem when the client's
+		// is not: it may be hashed.
+		if err := checkKey(key); err != nil {
+			return nil, s.refuse(ctx, method, err)
+		}
+		key = storeKey(s.cfg.scope(ctx), key)
+	}
+	return s.do(ctx, method, key, msg, handler)
 }
 
 // do runs the handler under key, or replays its stored outcome.

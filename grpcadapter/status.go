@@ -23,7 +23,9 @@ const (
 	// method requires one (see WithKeyRequired).
 	ReasonKeyMissing = "IDEMPOTENCY_KEY_MISSING"
 	// ReasonKeyInvalid (InvalidArgument): the key is empty, repeated,
-	// longer than idem.MaxKeyLen bytes, or holds a control character.
+	// longer than idem.MaxKeyLen bytes, or holds a control character. The
+	// client interceptor refuses an invalid CallKey this way too, without
+	// sending the call.
 	ReasonKeyInvalid = "IDEMPOTENCY_KEY_INVALID"
 	// ReasonKeyReused (FailedPrecondition): the key was first used with
 	// another request, to this method or another one. Pick a new key.
@@ -38,7 +40,9 @@ const (
 	ReasonStoreUnavailable = "IDEMPOTENCY_STORE_UNAVAILABLE"
 	// ReasonInternal (Internal): the interceptor is misconfigured, the
 	// request is not a protocol buffer, or a stored outcome could not be
-	// read. The hook set by WithErrorHook gets the cause.
+	// read, as when its message type is not registered in
+	// protoregistry.GlobalTypes. The hook set by WithErrorHook gets the
+	// cause.
 	ReasonInternal = "IDEMPOTENCY_INTERNAL"
 )
 

@@ -26,9 +26,16 @@ import (
 // Calls must carry an idempotency-key; a retry with the same key receives
 // the same order, with idempotency-status: hit. An empty item is refused
 // with InvalidArgument, a final status that is stored and replayed too.
+//
+// Keys are scoped by the x-demo-account metadata, as the HTTP API's are by
+// X-Demo-Account: a stand-in for the account an authentication interceptor
+// would find; never trust client metadata for this in production.
 func newGRPCServer(store idem.Store) *grpc.Server {
 	idempotent := grpcadapter.UnaryServerInterceptor(store,
 		grpcadapter.WithKeyRequired(testpb.TestService_UnaryCall_FullMethodName),
+		grpcadapter.WithScope(func(ctx context.Context) string {
+			return strings.Join(metadata.ValueFromIncomingContext(ctx, "x-demo-account"), ",")
+		}),
 		grpcadapter.WithFinalCodes(codes.InvalidArgument),
 		grpcadapter.WithErrorHook(func(_ context.Context, method string, err error) {
 			log.Printf("idempotency: %s: %v", method, err)
