@@ -11,11 +11,15 @@ import (
 
 // response is what the middleware stores and replays. Header holds the
 // headers the handler set or changed relative to those present before it
-// ran; a name with no values is one the handler deleted.
+// ran; a name with no values is one the handler deleted. Method and Path
+// (escaped) are those of the request that stored it: a response is replayed
+// only to its endpoint, even with signature validation off.
 type response struct {
 	Status int
 	Header http.Header
 	Body   []byte
+	Method string
+	Path   string
 }
 
 // recorder is the ResponseWriter a protected handler writes to. It buffers
@@ -133,17 +137,23 @@ func headerChanges(base, h http.Header) http.Header {
 
 // storable returns resp without the headers that must not be stored: those
 // in excluded and, while Connection is excluded, those that resp's
-// Connection header names.
+// Connection header names. Names are compared in canonical form, since a
+// handler may set a header map entry under any spelling.
 func storable(resp *response, excluded map[string]bool) *response {
 	var named map[string]bool
 	if excluded["Connection"] {
-		for _, v := range resp.Header.Values("Connection") {
-			for _, n := range strings.Split(v, ",") {
-				if n = strings.TrimSpace(n); n != "" {
-					if named == nil {
-						named = make(map[string]bool)
+		for k, vs := range resp.Header {
+			if http.CanonicalHeaderKey(k) != "Connection" {
+				continue
+			}
+			for _, v := range vs {
+				for n := range strings.SplitSeq(v, ",") {
+					if n = strings.TrimSpace(n); n != "" {
+						if named == nil {
+							named = make(map[string]bool)
+						}
+						named[http.CanonicalHeaderKey(n)] = true
 					}
-					named[http.CanonicalHeaderKey(n)] = true
 				}
 			}
 		}
@@ -168,5 +178,5 @@ func storable(resp *response, excluded map[string]bool) *response {
 			h[k] = v
 		}
 	}
-	return &response{Status: resp.Status, Header: h, Body: resp.Body}
+	return &response{Status: resp.Status, Header: h, Body: resp.Body, Method: resp.Method, Path: resp.Path}
 }

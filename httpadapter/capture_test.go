@@ -127,6 +127,32 @@ func testWithExcludedHeaders(t *testing.T, newStore newStoreFunc) {
 	}
 }
 
+// testConnectionRawName checks that the fields a Connection header names are
+// not stored when the handler set Connection under a non-canonical name.
+func testConnectionRawName(t *testing.T, newStore newStoreFunc) {
+	e := start(t, newStore(t), func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h["connection"] = []string{"x-conn, X-Other"}
+		h["x-conn"] = []string{"per-connection"}
+		h.Set("X-Other", "o")
+		h.Set("X-Kept", "k")
+		w.WriteHeader(http.StatusCreated)
+	})
+	names := []string{"Connection", "X-Conn", "X-Other", "X-Kept"}
+	key := newKey()
+	first := e.send(call{key: key})
+	all := map[string]bool{"Connection": true, "X-Conn": true, "X-Other": true, "X-Kept": true}
+	if diff := cmp.Diff(all, present(first, names)); diff != "" {
+		t.Errorf("first response headers (-want +got):\n%s", diff)
+	}
+	again := e.send(call{key: key})
+	wantHit(t, again, first)
+	want := map[string]bool{"Connection": false, "X-Conn": false, "X-Other": false, "X-Kept": true}
+	if diff := cmp.Diff(want, present(again, names)); diff != "" {
+		t.Errorf("replayed headers (-want +got):\n%s", diff)
+	}
+}
+
 // statusHandler answers with the status in the path (/status/503), then
 // with 201 once the status was sent twice.
 func statusHandler() http.HandlerFunc {

@@ -123,11 +123,12 @@ func testInvalidOptions(t *testing.T, newStore newStoreFunc) {
 // testCoreOptions checks that WithOptions reaches the idem.Operation.
 func testCoreOptions(t *testing.T, newStore newStoreFunc) {
 	store := newStore(t)
-	e := start(t, store, createHandler, httpadapter.WithOptions(idem.WithTTL(100*time.Millisecond)))
+	const ttl = time.Second // long enough for two requests under load
+	e := start(t, store, createHandler, httpadapter.WithOptions(idem.WithTTL(ttl)))
 	key := newKey()
 	first := e.send(call{key: key, body: "{}"})
 	wantHit(t, e.send(call{key: key, body: "{}"}), first)
-	time.Sleep(150 * time.Millisecond)
+	time.Sleep(ttl + 200*time.Millisecond)
 	wantNew(t, e.send(call{key: key, body: "{}"}), http.StatusCreated)
 	e.wantRuns(2)
 
@@ -195,7 +196,11 @@ func testClientGone(t *testing.T, newStore newStoreFunc) {
 		resp.Body.Close()
 		t.Fatalf("got %d while the first request was held", resp.StatusCode)
 	}
-	<-served // the server is done with the request that left
+	select {
+	case <-served: // the server is done with the request that left
+	case <-time.After(5 * time.Second):
+		t.Fatal("the server did not finish the request whose client left")
+	}
 	hook.want(t)
 
 	g.release()

@@ -56,12 +56,19 @@ func testMiddleware(t *testing.T, newStore newStoreFunc) {
 		{"FingerprintHeaders", testFingerprintHeaders},
 		{"Scope", testScope},
 		{"ScopeLongKey", testScopeLongKey},
+		{"ScopeSameRequest", testScopeSameRequest},
 		{"OuterHeaders", testOuterHeaders},
 		{"ExcludedHeaders", testExcludedHeaders},
 		{"WithExcludedHeaders", testWithExcludedHeaders},
+		{"ConnectionRawName", testConnectionRawName},
 		{"UnstoredStatuses", testUnstoredStatuses},
 		{"WithStoreStatus", testWithStoreStatus},
 		{"BodyLimit", testBodyLimit},
+		{"BodyReplaced", testBodyReplaced},
+		{"OuterMaxBytes", testOuterMaxBytes},
+		{"OuterForm", testOuterForm},
+		{"OuterMultipartForm", testOuterMultipartForm},
+		{"ValidationOffEndpoint", testValidationOffEndpoint},
 		{"InFlight", testInFlight},
 		{"WaitTimeout", testWaitTimeout},
 		{"Concurrent", testConcurrent},
@@ -320,4 +327,19 @@ type failingLease struct{ idem.Lease }
 func (l failingLease) Commit(ctx context.Context, rec []byte, ttl time.Duration) error {
 	_ = l.Lease.Release(ctx)
 	return errors.Join(errInjected, l.Lease.Commit(ctx, rec, ttl))
+}
+
+// waitSignalStore is a real store that signals on waiting each time a caller
+// starts to wait for a key in flight.
+type waitSignalStore struct {
+	idem.Store
+	waiting chan struct{}
+}
+
+func (s *waitSignalStore) Wait(ctx context.Context, key string) error {
+	select {
+	case s.waiting <- struct{}{}:
+	default:
+	}
+	return s.Store.Wait(ctx, key)
 }

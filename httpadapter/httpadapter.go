@@ -56,8 +56,34 @@
 // and request, so flushing, hijacking and the rest of
 // http.ResponseController work there as without the middleware.
 //
+// # Handlers that return without writing
+//
+// A handler that returns without writing a response answers 200 OK with no
+// body, as with net/http, and that response is stored and replayed like any
+// other. So a handler that gives up when its request's context ends (the
+// client left, or the key's lease was lost) must not merely return: a retry
+// would be replayed an empty 200 for work never done. It should answer with
+// a status that is not stored, such as 503 Service Unavailable. The
+// middleware does not guess from the context: a handler that did its work
+// and relied on the implicit 200 while its client went away would then run
+// again on the retry, which is what the key is there to prevent.
+//
 // A handler that panics stores nothing: the key is released and the panic
 // continues to net/http.
+//
+// # Outer handlers and the request body
+//
+// The middleware reads the request body to its end, whatever Content-Length
+// says, so an outer handler may replace r.Body, to decompress it for
+// instance. An outer handler should not read the body: the middleware
+// would find it empty, and requests that differ only by their bodies would
+// share a fingerprint, so that one is replayed the response of the other. A
+// body over the limit of an outer http.MaxBytesReader is refused with 413,
+// as one over WithMaxBodyBytes. A form that outer handlers parsed (with
+// ParseForm, FormValue, ParseMultipartForm and the like) consumed the body,
+// so it is fingerprinted in its stead: the values of r.PostForm, and the
+// files of r.MultipartForm with their names, MIME headers, sizes and
+// contents. It counts against WithMaxBodyBytes as the body would.
 package httpadapter
 
 import (
@@ -164,15 +190,31 @@ func (m *middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 		writeProblem(w, ProblemKeyInvalid, "The Idempotency-Key must be 1 to 255 printable ASCII characters, bare or as a quoted string.")
 		return
 	}
-	body, err := readBody(r, m.cfg.maxBody)
-	switch {
-	case errors.Is(err, errTooLarge):
+	req := &request{r: r}
+	var err error
+	req.body, err = readBody(r, m.cfg.maxBody)
+	if err == nil {
+		req.form, err = formDigest(r, m.cfg.maxBody)
+		if err != nil && !errors.Is(err, errTooLarge) {
+			// The body was read; a parsed file that cannot be reread is the
+			// server's failure, not the client's.
+			marks{key: raw[0]}.set(w.Header())
+			m.fail(w, r, err)
+			return
+		}
+	}
+	if err != nil {
 		marks{key: raw[0]}.set(w.Header())
-		writeProblem(w, ProblemBodyTooLarge, fmt.Sprintf("The request body must not exceed %d bytes.", m.cfg.maxBody))
-		return
-	case err != nil:
-		marks{key: raw[0]}.set(w.Header())
-		writeProblem(w, ProblemBodyUnreadable, "")
+		if !errors.Is(err, errTooLarge) {
+			writeProblem(w, ProblemBodyUnreadable, "")
+			return
+		}
+		limit := m.cfg.maxBody
+		var mbe *http.MaxBytesError // an outer http.MaxBytesReader's limit
+		if errors.As(err, &mbe) {
+			limit = min(limit, mbe.Limit)
+		}
+		writeProblem(w, ProblemBodyTooLarge, fmt.Sprintf("The request body must not exceed %d bytes.", limit))
 		return
 	}
 	var scope string
@@ -180,14 +222,16 @@ func (m *middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 		scope = m.cfg.scope(r)
 	}
 
-	m.do(w, r, next, raw[0], storeKey(scope, key), body)
+	m.do(w, r, next, raw[0], storeKey(scope, key), req)
 }
 
 // do runs the handler under key, or replays its stored response, and
 // answers the client.
-func (m *middleware) do(w http.ResponseWriter, r *http.Request, next http.Handler, rawKey, key string, body []byte) {
+func (m *middleware) do(w http.ResponseWriter, r *http.Request, next http.Handler, rawKey, key string, req *request) {
 	var ran *response // what the handler produced, when it ran in this call
-	resp, info, err := m.op.DoInfo(r.Context(), key, &request{r: r, body: body},
+	// Taken before the handler runs, which could change r.URL in place.
+	method, path := r.Method, r.URL.EscapedPath()
+	resp, info, err := m.op.DoInfo(r.Context(), key, req,
 		func(ctx context.Context, req *request) (*response, error) {
 			rec := newRecorder(w)
 			r2 := req.r.WithContext(ctx)
@@ -197,7 +241,9 @@ func (m *middleware) do(w http.ResponseWriter, r *http.Request, next http.Handle
 			if !m.cfg.stores(ran.Status) {
 				return nil, errUnstored
 			}
-			return storable(ran, m.cfg.excluded), nil
+			s := storable(ran, m.cfg.excluded)
+			s.Method, s.Path = method, path
+			return s, nil
 		})
 
 	mk := marks{key: rawKey, signature: info.Fingerprint}
@@ -211,6 +257,13 @@ func (m *middleware) do(w http.ResponseWriter, r *http.Request, next http.Handle
 	case err == nil:
 		if resp == nil || resp.Status < 200 || resp.Status > 999 {
 			m.fail(w, r, fmt.Errorf("%w: invalid stored response", idem.ErrCorruptRecord))
+			return
+		}
+		if resp.Method != method || resp.Path != path {
+			// Another endpoint's response, found with signature validation
+			// off: never replay it.
+			mk.set(w.Header())
+			writeProblem(w, ProblemKeyReused, "This Idempotency-Key was used with another method or path.")
 			return
 		}
 		mk.status, mk.replayed = StatusHit, true

@@ -211,3 +211,25 @@ func testScopeLongKey(t *testing.T, newStore newStoreFunc) {
 	wantHit(t, send("c", `{"who":"c"}`), c)
 	e.wantRuns(3)
 }
+
+// testScopeSameRequest checks that the same key with the same request in two
+// scopes names two records: each scope runs the handler, and is replayed its
+// own response.
+func testScopeSameRequest(t *testing.T, newStore newStoreFunc) {
+	e := start(t, newStore(t), createHandler, httpadapter.WithScope(accountScope))
+	key := newKey()
+	send := func(account string) reply {
+		return e.send(call{key: key, body: `{"item":"book"}`, header: http.Header{"X-Account": {account}}})
+	}
+	a, b, none := send("acct_a"), send("acct_b"), send("")
+	for _, r := range []reply{a, b, none} {
+		wantNew(t, r, http.StatusCreated)
+	}
+	if a.body == b.body || a.body == none.body || b.body == none.body {
+		t.Errorf("scopes share a response: %q, %q, %q", a.body, b.body, none.body)
+	}
+	wantHit(t, send("acct_b"), b)
+	wantHit(t, send("acct_a"), a)
+	wantHit(t, send(""), none)
+	e.wantRuns(3)
+}

@@ -90,6 +90,12 @@ func canonicalList(names []string) []string {
 // idem.WithFinalErrors are overridden: the middleware fingerprints requests
 // itself, and decides what is stored by status (see WithStoreStatus).
 // Options given in several calls of WithOptions add up, in order.
+//
+// With idem.WithSignatureValidation(false), a request whose body, query or
+// fingerprinted headers differ from those the key was first used with is
+// replayed the stored response instead of refused. One with another method
+// or path is still refused with 422 (ProblemKeyReused), so that the
+// response of one endpoint never answers another.
 func WithOptions(opts ...idem.Option) Option {
 	return func(c *config) { c.core = append(c.core, opts...) }
 }
@@ -163,8 +169,9 @@ func WithExcludedHeaders(names ...string) Option {
 
 // WithMaxBodyBytes sets the largest request body accepted on a protected
 // request, which the middleware reads whole to fingerprint it. A larger body
-// is refused with 413 before the handler runs. The default is
-// DefaultMaxBodyBytes; n must be positive.
+// is refused with 413 before the handler runs, as is a form that outer
+// handlers parsed whose encoded values and files add up to more. The
+// default is DefaultMaxBodyBytes; n must be positive.
 func WithMaxBodyBytes(n int64) Option {
 	return func(c *config) {
 		if n <= 0 {

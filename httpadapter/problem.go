@@ -17,13 +17,14 @@ const (
 	// too long, not printable ASCII, or a malformed quoted string.
 	ProblemKeyInvalid = "https://idemkit.dev/problems/idempotency-key-invalid"
 	// ProblemKeyReused (422): the key was first used with another request
-	// (another method, path, query, body or fingerprinted header).
+	// (another method, path, query, body or fingerprinted header; only
+	// another method or path with signature validation off).
 	ProblemKeyReused = "https://idemkit.dev/problems/idempotency-key-reused"
 	// ProblemInFlight (409): a request with this key is still being
 	// processed; retry after the Retry-After delay.
 	ProblemInFlight = "https://idemkit.dev/problems/idempotency-request-in-flight"
 	// ProblemBodyTooLarge (413): the request body is larger than the limit
-	// set by WithMaxBodyBytes.
+	// set by WithMaxBodyBytes, or by an outer http.MaxBytesReader.
 	ProblemBodyTooLarge = "https://idemkit.dev/problems/request-body-too-large"
 	// ProblemBodyUnreadable (400): the request body could not be read,
 	// usually because the client went away while sending it.
@@ -32,9 +33,10 @@ const (
 	// request ended while waiting for it or for an in-flight request, before
 	// the handler ran; retry after the Retry-After delay.
 	ProblemStoreUnavailable = "https://idemkit.dev/problems/idempotency-store-unavailable"
-	// ProblemInternal (500): the middleware is misconfigured, or a stored
-	// response could not be read. The hook set by WithErrorHook gets the
-	// cause.
+	// ProblemInternal (500): the middleware is misconfigured, a stored
+	// response could not be read, or an uploaded file of a form parsed by
+	// outer handlers could not be reread. The hook set by WithErrorHook
+	// gets the cause.
 	ProblemInternal = "https://idemkit.dev/problems/idempotency-internal-error"
 )
 

@@ -4,9 +4,14 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
+	"maps"
 	"math"
+	"mime/multipart"
 	"net/http"
+	"net/url"
+	"slices"
 )
 
 // request is the idem request of the middleware: what identifies an HTTP
@@ -14,6 +19,7 @@ import (
 type request struct {
 	r    *http.Request
 	body []byte
+	form []byte // formDigest of r, nil when no form was parsed before
 }
 
 // fingerprintVersion starts every fingerprint, so that a future change of
@@ -23,13 +29,14 @@ const fingerprintVersion = "idem-http-1"
 // fingerprinter returns the function that encodes a request for its
 // fingerprint: the method, the escaped path, the raw query, the values of
 // the headers named (in order, with their count), and the SHA-256 of the
-// body, each length-prefixed. idem hashes the result. Hashing the body apart
-// keeps a large body from being copied.
+// body, each length-prefixed, then the digest of a form that outer handlers
+// parsed, if any. idem hashes the result. Hashing the body apart keeps a
+// large body from being copied.
 func fingerprinter(headers []string) func(*request) ([]byte, error) {
 	return func(req *request) ([]byte, error) {
 		r := req.r
 		path, query := r.URL.EscapedPath(), r.URL.RawQuery
-		n := len(fingerprintVersion) + len(r.Method) + len(path) + len(query) + sha256.Size + 4*binary.MaxVarintLen64
+		n := len(fingerprintVersion) + len(r.Method) + len(path) + len(query) + sha256.Size + len(req.form) + 4*binary.MaxVarintLen64
 		for _, name := range headers {
 			for _, v := range r.Header[name] {
 				n += len(v) + binary.MaxVarintLen64
@@ -49,7 +56,10 @@ func fingerprinter(headers []string) func(*request) ([]byte, error) {
 			}
 		}
 		sum := sha256.Sum256(req.body)
-		return append(b, sum[:]...), nil
+		b = append(b, sum[:]...)
+		// What follows the headers is the body's digest alone or followed
+		// by the form's: their lengths tell them apart.
+		return append(b, req.form...), nil
 	}
 }
 
@@ -60,32 +70,111 @@ func appendString(b []byte, s string) []byte {
 
 var errTooLarge = errors.New("httpadapter: request body too large")
 
+// bodySizeHint bounds the buffer allocated for a body before reading it. The
+// declared Content-Length only sizes the first buffer, up to this: a client
+// may declare any length, and an outer handler may have replaced the body
+// (decompressing it, say) without updating the length.
+const bodySizeHint = 64 << 10
+
 // readBody reads the body of r whole, up to max bytes; a longer body gives
-// errTooLarge.
-func readBody(r *http.Request, max int64) ([]byte, error) {
+// errTooLarge, as does an outer http.MaxBytesReader that ran out (the error
+// then also wraps its *http.MaxBytesError). The body is read to its end
+// whatever its declared length, which serves only as a hint.
+func readBody(r *http.Request, maxBytes int64) ([]byte, error) {
 	if r.Body == nil || r.Body == http.NoBody {
 		return nil, nil
 	}
-	if r.ContentLength > max {
-		return nil, errTooLarge
-	}
-	if r.ContentLength > 0 {
-		b := make([]byte, r.ContentLength)
-		if _, err := io.ReadFull(r.Body, b); err != nil {
-			return nil, err
-		}
-		return b, nil
-	}
-	limit := max
+	limit := maxBytes
 	if limit < math.MaxInt64 {
 		limit++
 	}
-	b, err := io.ReadAll(io.LimitReader(r.Body, limit))
-	if err != nil {
-		return nil, err
+	lr := io.LimitReader(r.Body, limit)
+	size := 512 // as io.ReadAll starts
+	if n := r.ContentLength; n > 0 {
+		// One byte more, so that a body of exactly the declared length
+		// reaches io.EOF without growing the buffer.
+		size = int(min(n, maxBytes, bodySizeHint)) + 1
 	}
-	if int64(len(b)) > max {
+	b := make([]byte, 0, size)
+	for {
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)] // grow, as io.ReadAll does
+		}
+		n, err := lr.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			var mbe *http.MaxBytesError
+			if errors.As(err, &mbe) {
+				return nil, fmt.Errorf("%w: %w", errTooLarge, err)
+			}
+			return nil, err
+		}
+	}
+	if int64(len(b)) > maxBytes {
 		return nil, errTooLarge
 	}
 	return b, nil
+}
+
+// formDigest returns the SHA-256 of the form that handlers outside the
+// middleware parsed from the body of r (with ParseForm, FormValue,
+// ParseMultipartForm...), or nil when they parsed none or an empty one. Such
+// a form consumed the body, so it stands in for it in the fingerprint: the
+// values of r.PostForm, and the files of r.MultipartForm with their names,
+// MIME headers, sizes and contents. A form larger than maxBytes (its
+// encoded values and the sizes of its files) gives errTooLarge, as a body
+// would.
+func formDigest(r *http.Request, maxBytes int64) ([]byte, error) {
+	var files map[string][]*multipart.FileHeader
+	if r.MultipartForm != nil {
+		files = r.MultipartForm.File
+	}
+	if len(r.PostForm) == 0 && len(files) == 0 {
+		return nil, nil
+	}
+	values := r.PostForm.Encode() // sorted by key, values in order
+	total := int64(len(values))
+	if total > maxBytes {
+		return nil, errTooLarge
+	}
+	h := sha256.New()
+	b := appendString(nil, values)
+	b = binary.AppendUvarint(b, uint64(len(files)))
+	h.Write(b)
+	for _, field := range slices.Sorted(maps.Keys(files)) {
+		fhs := files[field]
+		b = appendString(b[:0], field)
+		b = binary.AppendUvarint(b, uint64(len(fhs)))
+		h.Write(b)
+		for _, fh := range fhs {
+			if total += fh.Size; fh.Size < 0 || total > maxBytes {
+				return nil, errTooLarge
+			}
+			b = appendString(b[:0], fh.Filename)
+			b = appendString(b, url.Values(fh.Header).Encode())
+			b = binary.AppendUvarint(b, uint64(fh.Size))
+			h.Write(b)
+			if err := hashFile(h, fh); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return h.Sum(nil), nil
+}
+
+// hashFile writes the contents of the uploaded file fh, fh.Size bytes, to
+// h.
+func hashFile(h io.Writer, fh *multipart.FileHeader) error {
+	f, err := fh.Open()
+	if err != nil {
+		return fmt.Errorf("httpadapter: opening uploaded file: %w", err)
+	}
+	defer f.Close()
+	if _, err := io.CopyN(h, f, fh.Size); err != nil {
+		return fmt.Errorf("httpadapter: reading uploaded file: %w", err)
+	}
+	return nil
 }

@@ -86,7 +86,12 @@ func (b *httpOrderBook) create(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-time.After(httpSlowDelay):
 		case <-r.Context().Done():
-			return // the client left, or the lease was lost: create nothing
+			// The client left, or the lease was lost: create nothing, and
+			// say so with a status that is not stored. Returning without
+			// writing would answer an implicit 200, which the middleware
+			// stores and replays to every retry.
+			writeHTTPJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "request cancelled, nothing created; retry"})
+			return
 		}
 	}
 	o := httpOrder{ID: newHTTPOrderID(), Item: in.Item, Qty: in.Qty, CreatedAt: time.Now().UTC()}
