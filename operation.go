@@ -5,12 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"time"
-	"unicode"
-	"unicode/utf8"
 )
-
-// MaxKeyLen is the longest idempotency key accepted, in bytes.
-const MaxKeyLen = 255
 
 // Operation runs a function at most once per idempotency key and replays its
 // result to later calls with that key. Build it with New; it is safe for
@@ -90,7 +85,7 @@ func (o *Operation[Req, Resp]) DoInfo(ctx context.Context, key string, req Req, 
 	if o.err != nil {
 		return zero, info, o.err
 	}
-	if err := validateKey(key); err != nil {
+	if err := ValidateKey(key); err != nil {
 		return zero, info, err
 	}
 	fp, err := o.fingerprint(req)
@@ -273,21 +268,4 @@ func (o *Operation[Req, Resp]) release(ctx context.Context, lease Lease) {
 // survives the cancellation of the caller's ctx but not forever.
 func cleanupContext(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.WithoutCancel(ctx), d)
-}
-
-func validateKey(key string) error {
-	switch {
-	case key == "":
-		return fmt.Errorf("%w: empty", ErrInvalidKey)
-	case len(key) > MaxKeyLen:
-		return fmt.Errorf("%w: %d bytes, longer than %d", ErrInvalidKey, len(key), MaxKeyLen)
-	case !utf8.ValidString(key):
-		return fmt.Errorf("%w: not valid UTF-8", ErrInvalidKey)
-	}
-	for _, r := range key {
-		if unicode.IsControl(r) {
-			return fmt.Errorf("%w: control character %U", ErrInvalidKey, r)
-		}
-	}
-	return nil
 }

@@ -120,7 +120,7 @@ func WithCodec(cd codec.Codec) Option {
 // ':' (it separates the namespace from the key) or control characters.
 func WithNamespace(ns string) Option {
 	return func(c *config) {
-		if strings.Contains(ns, ":") || validateKey(ns) != nil && ns != "" {
+		if strings.Contains(ns, ":") || ValidateKey(ns) != nil && ns != "" {
 			c.invalid("WithNamespace(%q): must be printable and hold no ':'", ns)
 			return
 		}

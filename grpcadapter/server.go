@@ -118,10 +118,10 @@ func (s *server) intercept(ctx context.Context, req any, info *grpc.UnaryServerI
 	if s.cfg.scope != nil {
 		// Once composed, the key could be valid for idem when the client's
 		// is not: it may be hashed.
-		if err := checkKey(key); err != nil {
+		if err := idem.ValidateKey(key); err != nil {
 			return nil, s.refuse(ctx, method, err)
 		}
-		key = storeKey(s.cfg.scope(ctx), key)
+		key = idem.ScopedKey(s.cfg.scope(ctx), key)
 	}
 	return s.do(ctx, method, key, msg, handler)
 }

@@ -222,7 +222,7 @@ func (m *middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 		scope = m.cfg.scope(r)
 	}
 
-	m.do(w, r, next, raw[0], storeKey(scope, key), req)
+	m.do(w, r, next, raw[0], idem.ScopedKey(scope, key), req)
 }
 
 // do runs the handler under key, or replays its stored response, and

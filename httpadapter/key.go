@@ -1,9 +1,6 @@
 package httpadapter
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
-	"strconv"
 	"strings"
 
 	"github.com/idemkit/idem"
@@ -61,19 +58,3 @@ func printableString(s string) bool {
 }
 
 func printable(c byte) bool { return 0x20 <= c && c <= 0x7e }
-
-// storeKey composes the key given to idem from the request's scope and its
-// validated idempotency key: len(scope) ":" scope ":" key, whose length
-// prefix makes it unambiguous. When that is too long for idem, or the scope
-// holds other than printable ASCII, it is "sha256:" and the hex SHA-256 of
-// the composition. The two forms cannot meet: one starts with a digit, the
-// other with 's'.
-func storeKey(scope, key string) string {
-	n := strconv.Itoa(len(scope))
-	k := n + ":" + scope + ":" + key
-	if len(k) <= idem.MaxKeyLen && printableString(scope) {
-		return k
-	}
-	sum := sha256.Sum256([]byte(k))
-	return "sha256:" + hex.EncodeToString(sum[:])
-}
