@@ -52,9 +52,17 @@ type benchBodyReader struct{ bytes.Reader }
 
 func (*benchBodyReader) Close() error { return nil }
 
-// reportVsBare remembers the ns/op of a Bare benchmark in bareNs, and
-// reports that of any other as the x-bare ratio to it.
-func reportVsBare(b *testing.B, bareNs *float64) {
+// measure serves request 0 to warm up (and, for Hit, store the response),
+// then request i on the i-th iteration. It remembers the ns/op of a Bare
+// benchmark in bareNs, and reports that of any other as the x-bare ratio.
+func measure(b *testing.B, serve func(i int), bareNs *float64) {
+	serve(0)
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		i++
+		serve(i)
+	}
 	ns := float64(b.Elapsed().Nanoseconds()) / float64(b.N)
 	if strings.HasSuffix(b.Name(), "/Bare") {
 		*bareNs = ns // the latest Bare run
@@ -87,14 +95,7 @@ func BenchmarkMiddleware(b *testing.B) {
 				b.Fatalf("status %d, want 201", w.status)
 			}
 		}
-		serve(0) // warm up; for Hit, store the response
-		b.ReportAllocs()
-		i := 0
-		for b.Loop() {
-			i++
-			serve(i)
-		}
-		reportVsBare(b, &bareNs)
+		measure(b, serve, &bareNs)
 	}
 	bare := http.HandlerFunc(benchHandler)
 	b.Run("Bare", func(b *testing.B) { run(b, bare, http.MethodPost, nil) })
@@ -148,14 +149,7 @@ func BenchmarkServer(b *testing.B) {
 				b.Fatalf("status %d, %v", resp.StatusCode, err)
 			}
 		}
-		serve(0) // warm up the connection; for Hit, store the response
-		b.ReportAllocs()
-		i := 0
-		for b.Loop() {
-			i++
-			serve(i)
-		}
-		reportVsBare(b, &bareNs)
+		measure(b, serve, &bareNs)
 	}
 	bare := http.HandlerFunc(benchHandler)
 	b.Run("Bare", func(b *testing.B) { run(b, bare, nil) })
