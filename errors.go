@@ -6,10 +6,11 @@ import "errors"
 // rather than receiving from fn. See ReplayedError.
 var ErrReplayed = errors.New("idem: replayed error")
 
-// Final marks err as a final outcome of fn: Do stores it, and replays it to
-// later calls with the same key as a *ReplayedError. The call that ran fn
-// gets err itself back (errors.Is and errors.As see through the marking).
-// Final(nil) returns nil.
+// Final marks err as a final outcome of fn, whose disposition is Record
+// whatever WithDisposition says: Do stores it, and replays it to later calls
+// with the same key as a *ReplayedError. The call that ran fn gets err itself
+// back (errors.Is and errors.As see through the marking). Final(nil)
+// returns nil.
 func Final(err error) error {
 	if err == nil {
 		return nil
@@ -22,14 +23,23 @@ type finalError struct{ err error }
 func (e *finalError) Error() string { return e.err.Error() }
 func (e *finalError) Unwrap() error { return e.err }
 
-func isFinal(err error, pred func(error) bool) bool {
+// dispose returns the disposition of fn's error err: Record for errors
+// marked with Final, else what decide says, else Release.
+func dispose(err error, decide func(error) Disposition) Disposition {
 	var f *finalError
-	return errors.As(err, &f) || pred != nil && pred(err)
+	switch {
+	case errors.As(err, &f):
+		return Record
+	case decide != nil:
+		return decide(err)
+	}
+	return Release
 }
 
 // ReplayedError is the error Do returns when it replays a stored final error
-// (see Final and WithFinalErrors). Only the message survives storage; the
-// error matches ErrReplayed under errors.Is.
+// (see Final and WithDisposition). Only the message survives storage, with
+// any bytes that are not UTF-8 replaced by U+FFFD; the error matches
+// ErrReplayed under errors.Is.
 type ReplayedError struct {
 	// Message is the Error() text of the original error.
 	Message string

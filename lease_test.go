@@ -136,7 +136,7 @@ func TestWaitFailureIsStoreError(t *testing.T) {
 	}
 }
 
-// TestPanicAfterFnKeepsLease: when the final-error predicate (or the codec)
+// TestPanicAfterFnKeepsLease: when the disposition function (or the codec)
 // panics after fn returned, fn's effect stands, so the lease is not released
 // for an immediate re-run: it expires after the lease TTL. The panic reaches
 // the caller.
@@ -144,7 +144,7 @@ func TestPanicAfterFnKeepsLease(t *testing.T) {
 	const lockTTL = 200 * time.Millisecond
 	s := memstore.New()
 	ctx := context.Background()
-	boom := idem.New[string, int](s, idem.WithLockTTL(lockTTL), idem.WithFinalErrors(func(error) bool { panic("predicate") }))
+	boom := idem.New[string, int](s, idem.WithLockTTL(lockTTL), idem.WithDisposition(func(error) idem.Disposition { panic("predicate") }))
 	func() {
 		defer func() {
 			if r := recover(); r != "predicate" {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
+	"strings"
 	"time"
 )
 
@@ -14,6 +16,7 @@ type Operation[Req, Resp any] struct {
 	store       Store
 	cfg         *config
 	fingerprint func(Req) (string, error)
+	types       string // the request and result types, kept in records
 	err         error
 }
 
@@ -25,16 +28,39 @@ type Info struct {
 	// Fingerprint is the hex SHA-256 fingerprint of the request; empty when
 	// Do failed before computing it.
 	Fingerprint string
-	// Replayed is true when the result (or a final error) came from a stored
-	// record, false when fn ran in this call or did not run at all.
+	// Outcome is what happened in the call: whether fn ran, and what
+	// became of its outcome, or why it did not run.
+	Outcome Outcome
+	// Replayed is Outcome == OutcomeReplayed: the result (or a final error)
+	// came from a stored record.
 	Replayed bool
 }
 
+// maxLeaseRetries bounds how often Do acquires a key again because the
+// lease it was granted expired before fn could start.
+const maxLeaseRetries = 3
+
 // New returns an Operation that keeps its leases and results in store.
-// Invalid options are reported by every call of Do as ErrInvalidOption.
+//
+// Check Err once the Operation is built: options that cannot be honoured, a
+// nil store, a WithFingerprint for another request type and a result type
+// that no codec can bring back (one that keeps its state in unexported
+// fields and has no marshaler) are reported there, and every call of Do
+// returns that error.
+//
+// Records are tagged with the names of Req and Resp (as reflect prints them,
+// "pay.ChargeRequest"), and a record of other types is never replayed: two
+// Operations that share a store and a namespace, with same-shaped request
+// types, refuse each other's keys with ErrKeyReused instead of replaying
+// each other's results. Renaming either type, or its package, therefore
+// refuses the records stored before the rename (ErrKeyReused, fn not run)
+// until they expire; it never replays them as the wrong type nor runs fn
+// again. To rename types with records live, give the new Operation a new
+// namespace (WithNamespace) once the old records have expired, or rename
+// after a TTL without traffic.
 func New[Req, Resp any](store Store, opts ...Option) *Operation[Req, Resp] {
 	cfg := newConfig(opts)
-	o := &Operation[Req, Resp]{store: store, cfg: cfg}
+	o := &Operation[Req, Resp]{store: store, cfg: cfg, types: typeNames[Req, Resp]()}
 	o.fingerprint = func(r Req) (string, error) { return Fingerprint(r) }
 	switch f := cfg.fingerprint.(type) {
 	case nil:
@@ -53,8 +79,27 @@ func New[Req, Resp any](store Store, opts ...Option) *Operation[Req, Resp] {
 	if store == nil {
 		cfg.invalid("nil Store")
 	}
+	if err := checkResultType(reflect.TypeFor[Resp]()); err != nil {
+		cfg.invalid("result type %s: %v", reflect.TypeFor[Resp](), err)
+	}
 	o.err = cfg.err()
 	return o
+}
+
+// Err returns the error that every call of Do returns because New was given
+// options it cannot honour (wrapping ErrInvalidOption), or nil when the
+// Operation is usable. Call it right after New, so that a misconfigured
+// service fails when it starts rather than on every request.
+func (o *Operation[Req, Resp]) Err() error { return o.err }
+
+// typeNames names the request and result types for records, shortened to
+// a digest when longer than a header field holds.
+func typeNames[Req, Resp any]() string {
+	s := reflect.TypeFor[Req]().String() + " -> " + reflect.TypeFor[Resp]().String()
+	if len(s) > maxHeaderPart {
+		s = "sha256:" + hashHex([]byte(s))
+	}
+	return s
 }
 
 // Do runs fn once for key and returns its result, or replays the result
@@ -68,59 +113,87 @@ func New[Req, Resp any](store Store, opts ...Option) *Operation[Req, Resp] {
 // whose request fingerprint differs from the one the key was first used with
 // returns ErrKeyReused.
 //
-// When fn returns an error, nothing is stored (unless the error is final, see
-// Final), the lease is released, and the error is returned as it is, so a
-// retry runs fn again. When fn panics, the lease is released and the panic
-// continues. Errors of Do itself wrap the package's sentinel errors.
+// A result is stored only if the codec brings it back as the same value
+// (see the rules in the package documentation); otherwise Do returns it with
+// ErrNotStored and holds the key until the lease expires. When fn returns
+// an error, its disposition decides (see WithDisposition and Final): by
+// default nothing is stored, the lease is released, and the error is
+// returned as it is, so a retry runs fn again. When fn panics, the lease is
+// released and the panic continues. Errors of Do itself wrap the package's
+// sentinel errors. Whenever fn ran, Do returns what fn returned.
 func (o *Operation[Req, Resp]) Do(ctx context.Context, key string, req Req, fn func(context.Context, Req) (Resp, error)) (Resp, error) {
 	resp, _, err := o.DoInfo(ctx, key, req, fn)
 	return resp, err
 }
 
-// DoInfo is Do, and also reports whether the result was replayed and the
-// request's fingerprint.
+// DoInfo is Do, and also reports the call's outcome and the request's
+// fingerprint.
 func (o *Operation[Req, Resp]) DoInfo(ctx context.Context, key string, req Req, fn func(context.Context, Req) (Resp, error)) (Resp, Info, error) {
-	var zero Resp
 	info := Info{Key: key}
+	resp, err := o.do(ctx, &info, req, fn)
+	info.Replayed = info.Outcome == OutcomeReplayed
+	return resp, info, err
+}
+
+func (o *Operation[Req, Resp]) do(ctx context.Context, info *Info, req Req, fn func(context.Context, Req) (Resp, error)) (Resp, error) {
+	var zero Resp
 	if o.err != nil {
-		return zero, info, o.err
+		info.Outcome = OutcomeInvalid
+		return zero, o.err
 	}
-	if err := ValidateKey(key); err != nil {
-		return zero, info, err
+	if err := ValidateKey(info.Key); err != nil {
+		info.Outcome = OutcomeInvalidKey
+		return zero, err
 	}
 	fp, err := o.fingerprint(req)
 	if err != nil {
-		return zero, info, err
+		info.Outcome = OutcomeInvalid
+		return zero, err
 	}
 	info.Fingerprint = fp
 	// Always "namespace:key", also with no namespace (":key"): a namespace
 	// holds no ':', so no key of one namespace can name another's record.
-	skey := o.cfg.namespace + ":" + key
+	skey := o.cfg.namespace + ":" + info.Key
 
 	var waitCtx context.Context
-	for {
+	for lost := 0; ; {
 		sent := time.Now()
 		acq, err := o.store.Acquire(ctx, skey, fp, o.cfg.lockTTL)
 		if err != nil {
-			if ctx.Err() != nil {
-				return zero, info, fmt.Errorf("idem: acquiring key: %w", ctx.Err())
+			switch {
+			case ctx.Err() != nil:
+				info.Outcome = OutcomeCanceled
+				return zero, fmt.Errorf("idem: acquiring key: %w", ctx.Err())
+			case errors.Is(err, ErrCorruptRecord):
+				info.Outcome = OutcomeCorruptRecord
+			default:
+				info.Outcome = OutcomeStoreError
 			}
-			return zero, info, fmt.Errorf("%w: acquiring key: %w", ErrStore, err)
+			return zero, fmt.Errorf("%w: acquiring key: %w", ErrStore, err)
 		}
 		switch {
 		case acq.Record != nil:
-			resp, err := o.replay(acq.Record, fp)
-			info.Replayed = err == nil || errors.Is(err, ErrReplayed)
-			return resp, info, err
+			resp, outcome, err := o.replay(acq.Record, fp)
+			info.Outcome = outcome
+			return resp, err
 		case acq.Lease != nil:
-			resp, err := o.execute(ctx, acq.Lease, sent, fp, req, fn)
-			return resp, info, err
+			resp, err := o.execute(ctx, info, acq.Lease, sent, fp, req, fn)
+			if !errors.Is(err, errLeaseExpired) {
+				return resp, err
+			}
+			if lost++; lost == maxLeaseRetries {
+				info.Outcome = OutcomeStoreError
+				return zero, fmt.Errorf("%w: %d leases in a row expired before fn could start: %w", ErrStore, lost, ErrLeaseLost)
+			}
+			continue
 		}
 		if o.cfg.validate && acq.Holder != fp {
-			return zero, info, fmt.Errorf("%w (request in flight)", ErrKeyReused)
+			info.Outcome = OutcomeKeyReused
+			return zero, fmt.Errorf("%w (request in flight)", ErrKeyReused)
 		}
 		if o.cfg.wait <= 0 {
-			return zero, info, ErrInFlight
+			info.Outcome = OutcomeInFlight
+			return zero, ErrInFlight
 		}
 		if waitCtx == nil {
 			var cancel context.CancelFunc
@@ -130,47 +203,80 @@ func (o *Operation[Req, Resp]) DoInfo(ctx context.Context, key string, req Req, 
 		if waitCtx.Err() != nil {
 			// The wait ran out, and Acquire has looked once more since.
 			if ctx.Err() != nil {
-				return zero, info, fmt.Errorf("idem: waiting for in-flight request: %w", ctx.Err())
+				info.Outcome = OutcomeCanceled
+				return zero, fmt.Errorf("idem: waiting for in-flight request: %w", ctx.Err())
 			}
-			return zero, info, fmt.Errorf("%w (waited %v)", ErrInFlight, o.cfg.wait)
+			info.Outcome = OutcomeInFlight
+			return zero, fmt.Errorf("%w (waited %v)", ErrInFlight, o.cfg.wait)
 		}
 		switch err := o.store.Wait(waitCtx, skey); {
 		case err == nil, ctx.Err() == nil && waitCtx.Err() != nil:
 			// Look again; when the wait ran out, this is the last look.
 		case ctx.Err() != nil:
-			return zero, info, fmt.Errorf("idem: waiting for in-flight request: %w", ctx.Err())
+			info.Outcome = OutcomeCanceled
+			return zero, fmt.Errorf("idem: waiting for in-flight request: %w", ctx.Err())
 		default:
-			return zero, info, fmt.Errorf("%w: waiting: %w", ErrStore, err)
+			info.Outcome = OutcomeStoreError
+			return zero, fmt.Errorf("%w: waiting: %w", ErrStore, err)
 		}
 	}
 }
 
 // replay decodes a stored record into the result it holds.
-func (o *Operation[Req, Resp]) replay(b []byte, fp string) (Resp, error) {
+func (o *Operation[Req, Resp]) replay(b []byte, fp string) (Resp, Outcome, error) {
 	var resp Resp
 	r, err := decodeRecord(b)
 	if err != nil {
-		return resp, err
+		return resp, OutcomeCorruptRecord, err
 	}
 	if o.cfg.validate && string(r.fingerprint) != fp {
-		return resp, ErrKeyReused
+		return resp, OutcomeKeyReused, ErrKeyReused
+	}
+	if string(r.types) != o.types {
+		return resp, OutcomeKeyReused, fmt.Errorf("%w: the record was stored by an Operation on %q, this one is on %q", ErrKeyReused, r.types, o.types)
 	}
 	if r.kind == kindError {
-		return resp, &ReplayedError{Message: string(r.payload)}
+		return resp, OutcomeReplayed, &ReplayedError{Message: string(r.payload)}
 	}
 	if string(r.codec) != o.cfg.codec.Name() {
-		return resp, fmt.Errorf("%w: written by codec %q, reading with %q", ErrCorruptRecord, r.codec, o.cfg.codec.Name())
+		return resp, OutcomeCorruptRecord, fmt.Errorf("%w: written by codec %q, reading with %q", ErrCorruptRecord, r.codec, o.cfg.codec.Name())
 	}
 	if err := o.cfg.codec.Unmarshal(r.payload, &resp); err != nil {
 		var zero Resp
-		return zero, fmt.Errorf("%w: %w", ErrCorruptRecord, err)
+		return zero, OutcomeCorruptRecord, fmt.Errorf("%w: %w", ErrCorruptRecord, err)
 	}
-	return resp, nil
+	return resp, OutcomeReplayed, nil
 }
+
+// errLeaseExpired is what execute returns, without running fn, when the
+// lease it was given may have expired already.
+var errLeaseExpired = errors.New("idem: lease expired before fn started")
 
 // execute runs fn under lease, granted by an Acquire sent at acquired, and
 // stores its outcome.
-func (o *Operation[Req, Resp]) execute(ctx context.Context, lease Lease, acquired time.Time, fp string, req Req, fn func(context.Context, Req) (Resp, error)) (Resp, error) {
+func (o *Operation[Req, Resp]) execute(ctx context.Context, info *Info, lease Lease, acquired time.Time, fp string, req Req, fn func(context.Context, Req) (Resp, error)) (Resp, error) {
+	var zero Resp
+	// A caller paused between Acquire and here (a GC pause, a descheduled
+	// or stopped process) may hold a lease that has expired, and whose key
+	// another caller took and completed meanwhile: running fn would run it
+	// twice. When a refresh would have been due already, refresh now, which
+	// the store grants only to a live lease, before fn starts.
+	if time.Since(acquired) >= o.cfg.lockTTL/3 {
+		sent := time.Now()
+		rctx, cancel := cleanupContext(ctx, o.cfg.lockTTL/3)
+		err := lease.Refresh(rctx, o.cfg.lockTTL)
+		cancel()
+		switch {
+		case errors.Is(err, ErrLeaseLost):
+			return zero, errLeaseExpired
+		case err != nil:
+			o.release(ctx, lease)
+			info.Outcome = OutcomeStoreError
+			return zero, fmt.Errorf("%w: confirming the lease before fn: %w", ErrStore, err)
+		}
+		acquired = sent
+	}
+
 	fnCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	stop := keepAlive(fnCtx, lease, acquired, o.cfg.lockTTL, cancel)
@@ -183,40 +289,57 @@ func (o *Operation[Req, Resp]) execute(ctx context.Context, lease Lease, acquire
 		case !returned: // fn panicked or called runtime.Goexit: it did not complete
 			o.release(ctx, lease)
 		default:
-			// The codec or the final-error predicate panicked after fn
-			// completed. Its effect stands, so the lease is left to expire
-			// rather than released: a retry right now is refused, not run.
+			// The codec or the disposition function panicked after fn
+			// completed. Its effect stands, so the key is held: the lease
+			// is left to expire, and a retry right now is refused, not run.
 		}
 	}()
 	resp, ferr := fn(fnCtx, req)
 	returned = true
 	stop()
 
-	rec := record{fingerprint: fp, codec: o.cfg.codec.Name()}
-	switch {
-	case ferr == nil:
+	rec := record{fingerprint: fp, codec: o.cfg.codec.Name(), types: o.types}
+	if ferr == nil {
 		payload, err := o.encode(resp)
 		if err != nil {
-			// fn succeeded but its result cannot be stored. As above, the
-			// lease is left to expire.
+			// fn succeeded but its result cannot be stored: held, as above.
 			settled = true
+			info.Outcome = OutcomeNotStored
 			return resp, fmt.Errorf("%w: %w", ErrNotStored, err)
 		}
 		rec.kind, rec.payload = kindValue, payload
-	case isFinal(ferr, o.cfg.final):
-		rec.kind, rec.payload = kindError, []byte(ferr.Error())
-	default:
-		settled = true
-		o.release(ctx, lease)
-		return resp, ferr
+		info.Outcome = OutcomeExecuted
+	} else {
+		switch dispose(ferr, o.cfg.dispose) {
+		case Record:
+			// Store only what can be read back: a message that is not
+			// UTF-8 would make every replay a corrupt record.
+			rec.kind, rec.payload = kindError, []byte(strings.ToValidUTF8(ferr.Error(), "\uFFFD"))
+			info.Outcome = OutcomeFinalError
+		case Hold:
+			settled = true
+			info.Outcome = OutcomeHeld
+			return resp, ferr
+		default:
+			settled = true
+			o.release(ctx, lease)
+			info.Outcome = OutcomeFnError
+			return resp, ferr
+		}
 	}
 	settled = true
-	return resp, o.commit(ctx, lease, rec, ferr)
+	err := o.commit(ctx, lease, rec, ferr)
+	if errors.Is(err, ErrNotStored) {
+		info.Outcome = OutcomeNotStored
+	}
+	return resp, err
 }
 
-// encode encodes resp, and decodes the result once, so that a value the
-// codec cannot bring back (an interface field, a type it encodes but does not
-// decode) is refused now instead of stored as a record no call can replay.
+// encode encodes resp, decodes the result once and compares it with resp,
+// so that a value the codec cannot bring back as the same value (a struct
+// in an interface field, a type it encodes but does not decode) is refused
+// now instead of replayed as something else, or stored as a record no call
+// can replay.
 func (o *Operation[Req, Resp]) encode(resp Resp) ([]byte, error) {
 	payload, err := o.cfg.codec.Marshal(resp)
 	if err != nil {
@@ -225,6 +348,9 @@ func (o *Operation[Req, Resp]) encode(resp Resp) ([]byte, error) {
 	var back Resp
 	if err := o.cfg.codec.Unmarshal(payload, &back); err != nil {
 		return nil, fmt.Errorf("result would not decode: %w", err)
+	}
+	if err := checkReplay(reflect.ValueOf(&resp).Elem(), reflect.ValueOf(&back).Elem(), o.cfg.codec.Marshal); err != nil {
+		return nil, fmt.Errorf("result would not replay as the same value: %w", err)
 	}
 	return payload, nil
 }

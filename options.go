@@ -27,7 +27,7 @@ type config struct {
 	codec       codec.Codec
 	namespace   string
 	fingerprint any // func(Req) ([]byte, error), checked by New
-	final       func(error) bool
+	dispose     func(error) Disposition
 	errs        []error
 }
 
@@ -64,7 +64,9 @@ func WithTTL(d time.Duration) Option {
 	}
 }
 
-// WithLockTTL sets the lease on an in-flight execution. The lease is
+// WithLockTTL sets the TTL of the lease on an in-flight execution. The
+// lease is what other idempotency libraries call the lock: the exclusive,
+// expiring right to run fn for one key, granted by Store.Acquire. It is
 // refreshed every third of d while fn runs, so d bounds how long a key stays
 // blocked after its holder crashed, not how long fn may run. The default is
 // DefaultLockTTL.
@@ -93,7 +95,10 @@ func WithWaitTimeout(d time.Duration) Option {
 
 // WithSignatureValidation sets whether a key reused with a request of another
 // fingerprint is refused with ErrKeyReused (true, the default) or served the
-// stored result regardless (false).
+// stored result regardless (false). The signature is the request
+// fingerprint (Info.Fingerprint); the name is kept from the decorator this
+// library follows. With validation off, a record stored by an Operation of
+// other request or result types is still refused (see New).
 func WithSignatureValidation(on bool) Option {
 	return func(c *config) { c.validate = on }
 }
@@ -142,10 +147,13 @@ func WithFingerprint[Req any](f func(Req) ([]byte, error)) Option {
 	}
 }
 
-// WithFinalErrors stores, and replays to later calls, the errors of fn for
-// which isFinal returns true, as Stripe stores a declined charge. Errors
-// wrapped with Final are stored regardless. Other errors are never stored:
-// the lease is released and a retry runs fn again.
-func WithFinalErrors(isFinal func(error) bool) Option {
-	return func(c *config) { c.final = isFinal }
+// WithDisposition sets what happens to fn's errors: decide returns Record
+// (store the error and replay it, as Stripe stores a declined charge),
+// Release (store nothing; a retry runs fn again) or Hold (store nothing, and
+// refuse the key until the lease expires). Errors marked with Final are
+// recorded whatever decide says. The default, and a nil decide, releases
+// every other error. decide must be safe for concurrent use; if it panics,
+// the key is held.
+func WithDisposition(decide func(err error) Disposition) Option {
+	return func(c *config) { c.dispose = decide }
 }

@@ -8,13 +8,14 @@ import (
 
 // A record is what Commit stores: a small header, then the payload.
 //
-//	magic "idm" | version 1 | kind | len(fingerprint) | fingerprint |
-//	len(codec name) | codec name | payload
+//	magic "idm" | version 2 | kind | len(fingerprint) | fingerprint |
+//	len(codec name) | codec name | len(types) | types | payload
 //
 // The payload is the codec's encoding of the result (kindValue) or the
-// message of a final error (kindError).
+// message of a final error (kindError). types names the request and result
+// types of the Operation that stored it (see Operation's identity).
 const (
-	recordMagic   = "idm\x01"
+	recordMagic   = "idm\x02"
 	kindValue     = 'v'
 	kindError     = 'e'
 	maxHeaderPart = 255
@@ -24,16 +25,19 @@ type record struct {
 	kind        byte
 	fingerprint string
 	codec       string
+	types       string
 	payload     []byte
 }
 
 func (r record) encode() []byte {
-	b := make([]byte, 0, len(recordMagic)+3+len(r.fingerprint)+len(r.codec)+len(r.payload))
+	b := make([]byte, 0, len(recordMagic)+4+len(r.fingerprint)+len(r.codec)+len(r.types)+len(r.payload))
 	b = append(b, recordMagic...)
 	b = append(b, r.kind, byte(len(r.fingerprint)))
 	b = append(b, r.fingerprint...)
 	b = append(b, byte(len(r.codec)))
 	b = append(b, r.codec...)
+	b = append(b, byte(len(r.types)))
+	b = append(b, r.types...)
 	return append(b, r.payload...)
 }
 
@@ -45,13 +49,17 @@ type recordView struct {
 	kind        byte
 	fingerprint []byte
 	codec       []byte
+	types       []byte
 	payload     []byte
 }
 
 func decodeRecord(b []byte) (recordView, error) {
 	var r recordView
-	if len(b) < len(recordMagic) || string(b[:len(recordMagic)]) != recordMagic {
+	if len(b) < len(recordMagic) || string(b[:len(recordMagic)-1]) != recordMagic[:len(recordMagic)-1] {
 		return r, fmt.Errorf("%w: not an idem record", ErrCorruptRecord)
+	}
+	if v := b[len(recordMagic)-1]; v != recordMagic[len(recordMagic)-1] {
+		return r, fmt.Errorf("%w: record format version %d, this release reads %d", ErrCorruptRecord, v, recordMagic[len(recordMagic)-1])
 	}
 	b = b[len(recordMagic):]
 	if len(b) < 2 {
@@ -69,7 +77,11 @@ func decodeRecord(b []byte) (recordView, error) {
 	if !ok {
 		return r, fmt.Errorf("%w: %w codec name", ErrCorruptRecord, errShort)
 	}
-	r.fingerprint, r.codec, r.payload = fp, cd, b
+	ty, b, ok := cut(b)
+	if !ok {
+		return r, fmt.Errorf("%w: %w type names", ErrCorruptRecord, errShort)
+	}
+	r.fingerprint, r.codec, r.types, r.payload = fp, cd, ty, b
 	if r.kind == kindError && !utf8.Valid(r.payload) {
 		return r, fmt.Errorf("%w: error message is not UTF-8", ErrCorruptRecord)
 	}

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"slices"
+	"strings"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -16,12 +17,25 @@ import (
 // 128 bits of randomness. The client interceptor makes its keys with it.
 func NewKey() string { return rand.Text() }
 
-// keyOption is the grpc.CallOption made by CallKey. Its before and after
-// hooks do nothing; the client interceptor finds it among the call options.
+// keyOption is the grpc.CallOption made by CallKey. The client interceptor
+// finds it among the call options and takes it out. A call made without the
+// interceptor keeps it, and its per-call credentials fail the call before
+// it is sent, rather than let it go without the key.
 type keyOption struct {
-	grpc.EmptyCallOption
+	grpc.PerRPCCredsCallOption
 	key string
 }
+
+// missingInterceptor are the credentials of a CallKey option that reaches
+// the transport: the client interceptor was not installed.
+type missingInterceptor struct{}
+
+func (missingInterceptor) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return nil, status.Error(codes.FailedPrecondition,
+		"grpcadapter.CallKey takes effect only through grpcadapter.UnaryClientInterceptor, which this connection lacks: the call was not sent")
+}
+
+func (missingInterceptor) RequireTransportSecurity() bool { return false }
 
 // CallKey returns a call option that sends key as the call's idempotency
 // key, to any method and in place of any key the outgoing metadata holds.
@@ -30,8 +44,11 @@ type keyOption struct {
 // UnaryClientInterceptor, which fails the call without sending it, with
 // InvalidArgument and reason ReasonKeyInvalid, if key is not 1 to
 // idem.MaxKeyLen printable ASCII characters, as the server and metadata
-// require.
-func CallKey(key string) grpc.CallOption { return keyOption{key: key} }
+// require. On a connection without that interceptor the call fails with
+// FailedPrecondition, unsent, instead of going out without its key.
+func CallKey(key string) grpc.CallOption {
+	return keyOption{PerRPCCredsCallOption: grpc.PerRPCCredsCallOption{Creds: missingInterceptor{}}, key: key}
+}
 
 // UnaryClientInterceptor returns an interceptor that gives every call of a
 // protected method an idempotency key (see WithMethods; by default every
@@ -54,12 +71,36 @@ func CallKey(key string) grpc.CallOption { return keyOption{key: key} }
 // (idem.WithWaitTimeout, through WithOptions) so that later attempts wait
 // for the first one's response and receive it as a hit.
 //
-// Of the options it honours WithMetadataKey, WithMethods, WithMethodFilter
-// and WithErrorHook. Options that cannot be honoured make every call fail
-// with Internal, without being sent.
+// It takes the options WithMetadataKey, WithMethods, WithMethodFilter and
+// WithErrorHook. Options that cannot be honoured, and server-only options,
+// make every call fail with Internal, without being sent; prefer
+// NewUnaryClientInterceptor, which reports them at start.
 func UnaryClientInterceptor(opts ...Option) grpc.UnaryClientInterceptor {
+	cfg, cerr := newClientConfig(opts)
+	return clientInterceptor(cfg, cerr)
+}
+
+// NewUnaryClientInterceptor is UnaryClientInterceptor, but returns an error
+// wrapping idem.ErrInvalidOption, and no interceptor, when an option cannot
+// be honoured or is a server-only option (WithOptions, WithScope,
+// WithKeyRequired, WithDisposition...), which the client would ignore.
+func NewUnaryClientInterceptor(opts ...Option) (grpc.UnaryClientInterceptor, error) {
+	cfg, err := newClientConfig(opts)
+	if err != nil {
+		return nil, err
+	}
+	return clientInterceptor(cfg, nil), nil
+}
+
+func newClientConfig(opts []Option) (*config, error) {
 	cfg := newConfig(opts)
-	cerr := errors.Join(cfg.errs...)
+	if len(cfg.serverOnly) > 0 {
+		cfg.invalid("UnaryClientInterceptor: %s configure the server interceptor only", strings.Join(cfg.serverOnly, ", "))
+	}
+	return cfg, errors.Join(cfg.errs...)
+}
+
+func clientInterceptor(cfg *config, cerr error) grpc.UnaryClientInterceptor {
 	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, callOpts ...grpc.CallOption) error {
 		key, callOpts := splitKey(callOpts)
 		if key == nil {

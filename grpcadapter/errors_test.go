@@ -38,7 +38,7 @@ func testErrorsNotStored(t *testing.T, newStore newStoreFunc) {
 			return nil, status.Error(codes.Internal, "boom")
 		}
 		return echo(ctx, req)
-	}, opts: []grpcadapter.Option{grpcadapter.WithFinalCodes(codes.NotFound)}})
+	}, opts: []grpcadapter.Option{grpcadapter.WithDisposition(grpcadapter.RecordCodes(codes.NotFound))}})
 	ctx, key := testCtx(t), grpcadapter.NewKey()
 	for range 2 {
 		r := e.call(ctx, key, order("fail"))
@@ -59,7 +59,7 @@ func testErrorsNotStored(t *testing.T, newStore newStoreFunc) {
 	}
 }
 
-// testFinalCodes checks that an error whose code WithFinalCodes lists is
+// testFinalCodes checks that an error whose code RecordCodes lists is
 // stored and replayed whole, with its details and metadata.
 func testFinalCodes(t *testing.T, newStore newStoreFunc) {
 	st, err := status.New(codes.InvalidArgument, "bad item").WithDetails(&errdetails.BadRequest{
@@ -69,7 +69,7 @@ func testFinalCodes(t *testing.T, newStore newStoreFunc) {
 		t.Fatal(err)
 	}
 	e := start(t, newStore(t), setup{
-		opts: []grpcadapter.Option{grpcadapter.WithFinalCodes(codes.InvalidArgument, codes.NotFound)},
+		opts: []grpcadapter.Option{grpcadapter.WithDisposition(grpcadapter.RecordCodes(codes.InvalidArgument, codes.NotFound))},
 		unary: func(ctx context.Context, req *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
 			if err := grpc.SetHeader(ctx, metadata.Pairs("x-check", "done")); err != nil {
 				return nil, err
@@ -98,7 +98,7 @@ func testFinalCodes(t *testing.T, newStore newStoreFunc) {
 	}
 }
 
-// testFinalStatus checks that WithFinalStatus decides by the whole status,
+// testFinalStatus checks that WithDisposition decides by the whole status,
 // and that a plain error is seen as Unknown.
 func testFinalStatus(t *testing.T, newStore newStoreFunc) {
 	declined, err := status.New(codes.FailedPrecondition, "declined").WithDetails(&errdetails.ErrorInfo{Reason: "CARD_DECLINED", Domain: "pay.example"})
@@ -112,13 +112,16 @@ func testFinalStatus(t *testing.T, newStore newStoreFunc) {
 		"deadline": context.DeadlineExceeded,
 	}
 	e := start(t, newStore(t), setup{
-		opts: []grpcadapter.Option{grpcadapter.WithFinalStatus(func(st *status.Status) bool {
+		opts: []grpcadapter.Option{grpcadapter.WithDisposition(func(st *status.Status) idem.Disposition {
 			for _, d := range st.Details() {
 				if i, ok := d.(*errdetails.ErrorInfo); ok && i.Reason == "CARD_DECLINED" {
-					return true
+					return idem.Record
 				}
 			}
-			return st.Code() == codes.Unknown
+			if st.Code() == codes.Unknown {
+				return idem.Record
+			}
+			return idem.Release
 		})},
 		unary: func(ctx context.Context, req *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
 			return nil, errs[string(req.GetPayload().GetBody())]
@@ -240,9 +243,19 @@ func testCorruptRecord(t *testing.T, newStore newStoreFunc) {
 			return acq.Lease.Commit(ctx, []byte("not a record"), time.Minute)
 		},
 		"nil response": func(ctx context.Context, store idem.Store, key string) error {
-			op := idem.New[string, *int](store, idem.WithNamespace(grpcadapter.DefaultNamespace))
-			_, err := op.Do(ctx, key, "", func(context.Context, string) (*int, error) { return nil, nil })
-			return err
+			// An idem record (format 2, record.go) of the interceptor's
+			// types whose payload is a msgpack nil.
+			field := func(s string) []byte { return append([]byte{byte(len(s))}, s...) }
+			rec := []byte("idm\x02v")
+			rec = append(rec, field("fp")...)
+			rec = append(rec, field("msgpack")...)
+			rec = append(rec, field("grpcadapter.call -> *grpcadapter.response")...)
+			rec = append(rec, 0xc0)
+			acq, err := store.Acquire(ctx, grpcadapter.DefaultNamespace+":"+key, "", time.Minute)
+			if err != nil || acq.Lease == nil {
+				return fmt.Errorf("Acquire: %+v, %w", acq, err)
+			}
+			return acq.Lease.Commit(ctx, rec, time.Minute)
 		},
 	}
 	for name, seed := range seeds {
@@ -265,6 +278,23 @@ func testCorruptRecord(t *testing.T, newStore newStoreFunc) {
 				t.Errorf("handler ran %d times, want 0", n)
 			}
 		})
+	}
+}
+
+// testOtherTypes checks that a record stored by an idem.Operation of other
+// types in the interceptor's namespace is refused as a reused key, not
+// replayed, even with signature validation off.
+func testOtherTypes(t *testing.T, newStore newStoreFunc) {
+	store := newStore(t)
+	ctx, key := testCtx(t), grpcadapter.NewKey()
+	op := idem.New[string, *int](store, idem.WithNamespace(grpcadapter.DefaultNamespace))
+	if _, err := op.Do(ctx, key, "", func(context.Context, string) (*int, error) { return nil, nil }); err != nil {
+		t.Fatal(err)
+	}
+	e := start(t, store, setup{opts: []grpcadapter.Option{grpcadapter.WithOptions(idem.WithSignatureValidation(false))}})
+	wantRefusal(t, e.call(ctx, key, order("book")).err, codes.FailedPrecondition, grpcadapter.ReasonKeyReused)
+	if n := e.runs.Load(); n != 0 {
+		t.Errorf("handler ran %d times, want 0", n)
 	}
 }
 

@@ -67,6 +67,7 @@ func testServer(t *testing.T, newStore newStoreFunc) {
 		{"StoreUnavailable", testStoreUnavailable},
 		{"NotStored", testNotStored},
 		{"CorruptRecord", testCorruptRecord},
+		{"OtherTypes", testOtherTypes},
 		{"UnregisteredType", testUnregisteredType},
 		{"InvalidOptions", testInvalidOptions},
 		{"InFlight", testInFlight},

@@ -29,9 +29,11 @@ const DefaultRetryDelay = time.Second
 // overrides an earlier one. Each option says which side it applies to; the
 // other side ignores it.
 //
-// An option that cannot be honoured makes the interceptor fail every call
-// it protects with codes.Internal, and is reported to the hook set by
-// WithErrorHook.
+// NewUnaryServerInterceptor and NewUnaryClientInterceptor report an option
+// that cannot be honoured, and a server-only option given to the client;
+// with UnaryServerInterceptor and UnaryClientInterceptor, it makes the
+// interceptor fail every call it protects with codes.Internal, and is
+// reported to the hook set by WithErrorHook.
 type Option func(*config)
 
 type config struct {
@@ -40,16 +42,19 @@ type config struct {
 	protect    func(fullMethod string) bool     // nil: every method
 	require    func(fullMethod string) bool     // nil: none
 	scope      func(ctx context.Context) string // nil: keys are not scoped
-	final      func(*status.Status) bool        // nil: none
+	scopeSet   bool                             // WithScope was given, even with a nil f
+	dispose    func(*status.Status) idem.Disposition
 	inFlight   codes.Code
 	retryDelay time.Duration
 	hook       func(ctx context.Context, fullMethod string, err error)
 	errs       []error
+	serverOnly []string // the server-only options given, by name
 }
 
 func newConfig(opts []Option) *config {
 	c := &config{
 		header:     MetadataKey,
+		dispose:    DefaultDisposition,
 		inFlight:   codes.Aborted,
 		retryDelay: DefaultRetryDelay,
 	}
@@ -60,6 +65,15 @@ func newConfig(opts []Option) *config {
 	}
 	return c
 }
+
+// server marks the server-only option name as given, so that the client
+// interceptor refuses it.
+func (c *config) server(name string) { c.serverOnly = append(c.serverOnly, name) }
+
+// DefaultDisposition is the disposition of handler errors unless
+// WithDisposition says otherwise: every error is released, so a retry runs
+// the handler again.
+func DefaultDisposition(*status.Status) idem.Disposition { return idem.Release }
 
 func (c *config) invalid(format string, args ...any) {
 	c.errs = append(c.errs, fmt.Errorf("%w: grpcadapter."+format, append([]any{idem.ErrInvalidOption}, args...)...))
@@ -78,12 +92,12 @@ func (c *config) policy(fullMethod string) (protect, required bool) {
 // idem.WithLockTTL, idem.WithWaitTimeout (how long a duplicate of an
 // in-flight call waits for its response instead of failing at once),
 // idem.WithSignatureValidation, idem.WithNamespace and idem.WithCodec.
-// idem.WithFingerprint and idem.WithFinalErrors are overridden: the
+// idem.WithFingerprint and idem.WithDisposition are overridden: the
 // interceptor fingerprints requests itself, and decides what is stored by
-// status (see WithFinalCodes). Options given in several calls of
+// status (see WithDisposition). Options given in several calls of
 // WithOptions add up, in order. Server only.
 func WithOptions(opts ...idem.Option) Option {
-	return func(c *config) { c.core = append(c.core, opts...) }
+	return func(c *config) { c.server("WithOptions"); c.core = append(c.core, opts...) }
 }
 
 // WithMetadataKey sets the metadata key that carries the idempotency key,
@@ -152,7 +166,7 @@ func WithKeyRequired(fullMethods ...string) Option {
 // which require returns true, given the full method name; nil requires it
 // nowhere, the default. See WithKeyRequired, which it replaces. Server only.
 func WithKeyRequiredFilter(require func(fullMethod string) bool) Option {
-	return func(c *config) { c.require = require }
+	return func(c *config) { c.server("WithKeyRequiredFilter"); c.require = require }
 }
 
 func methodSet(name string, methods []string, c *config) (func(string) bool, bool) {
@@ -187,27 +201,50 @@ func validMethod(m string) bool {
 // the default, the key is given to idem as it is, and calls share it
 // whoever makes them. Adding, removing or changing the scope changes the
 // keys of the records: a retry across the change runs the handler again.
+//
+// Without WithScope, two tenants who send the same key and request share
+// one record, and the second is replayed the first one's response. So the
+// interceptor logs a warning (once, through log/slog's default logger) when
+// a protected call carries authorization metadata and WithScope was never
+// given. To share keys between all callers on purpose, say so with
+// WithScope(nil), which silences it. Credentials are not part of the
+// fingerprint: a token refreshed between two attempts would turn an honest
+// retry into a refusal.
 func WithScope(f func(ctx context.Context) string) Option {
-	return func(c *config) { c.scope = f }
+	return func(c *config) { c.server("WithScope"); c.scope, c.scopeSet = f, true }
 }
 
-// WithFinalCodes stores, and replays to later calls with the same key, the
-// errors of the handler whose status code is one of final, such as
-// InvalidArgument or NotFound: outcomes that a retry would only repeat. The
-// status is replayed whole, message and details included. Other errors are
-// never stored, and a retry runs the handler again; that is the default. It
-// replaces WithFinalStatus. Server only.
-func WithFinalCodes(final ...codes.Code) Option {
-	final = slices.Clone(final)
-	return WithFinalStatus(func(st *status.Status) bool { return slices.Contains(final, st.Code()) })
+// WithDisposition sets what becomes of the handler's errors, by their
+// status (a plain error has code Unknown; a context error, Canceled or
+// DeadlineExceeded): idem.Record stores the status and replays it whole,
+// message and details included, to every retry for the TTL, for outcomes a
+// retry would only repeat (InvalidArgument, NotFound, a declined payment);
+// idem.Release stores nothing, so a retry runs the handler again; idem.Hold
+// stores nothing and refuses the key (see WithInFlightCode) until the lease
+// expires, a lease TTL at most, for outcomes whose side effects are
+// unknown, such as a DeadlineExceeded from a downstream call. Responses are
+// always recorded. The default is DefaultDisposition, which releases every
+// error; nil restores it. decide may be called concurrently. Server only.
+func WithDisposition(decide func(st *status.Status) idem.Disposition) Option {
+	return func(c *config) {
+		c.server("WithDisposition")
+		if decide == nil {
+			decide = DefaultDisposition
+		}
+		c.dispose = decide
+	}
 }
 
-// WithFinalStatus stores, and replays, the errors of the handler for which
-// isFinal returns true, given their status (a plain error has code Unknown;
-// a context error, Canceled or DeadlineExceeded). nil stores none, the
-// default. See WithFinalCodes, which it replaces. Server only.
-func WithFinalStatus(isFinal func(*status.Status) bool) Option {
-	return func(c *config) { c.final = isFinal }
+// RecordCodes returns a disposition function for WithDisposition that
+// records the errors whose code is one of recorded, and releases the others.
+func RecordCodes(recorded ...codes.Code) func(*status.Status) idem.Disposition {
+	recorded = slices.Clone(recorded)
+	return func(st *status.Status) idem.Disposition {
+		if slices.Contains(recorded, st.Code()) {
+			return idem.Record
+		}
+		return idem.Release
+	}
 }
 
 // WithInFlightCode sets the status code of a call refused because another
@@ -217,6 +254,7 @@ func WithFinalStatus(isFinal func(*status.Status) bool) Option {
 // the key deduplicates the retry. codes.OK is refused. Server only.
 func WithInFlightCode(code codes.Code) Option {
 	return func(c *config) {
+		c.server("WithInFlightCode")
 		if code == codes.OK {
 			c.invalid("WithInFlightCode(OK)")
 			return
@@ -230,6 +268,7 @@ func WithInFlightCode(code codes.Code) Option {
 // default is DefaultRetryDelay; d must not be negative. Server only.
 func WithRetryDelay(d time.Duration) Option {
 	return func(c *config) {
+		c.server("WithRetryDelay")
 		if d < 0 {
 			c.invalid("WithRetryDelay(%v): must not be negative", d)
 			return
@@ -244,7 +283,7 @@ func WithRetryDelay(d time.Duration) Option {
 // response is returned all the same), and unexpected errors (answered with
 // Internal). It is not told about client errors such as a missing key. It
 // may be called concurrently. The default does nothing. Client (invalid
-// options only) and server.
+// options only, with UnaryClientInterceptor) and server.
 func WithErrorHook(hook func(ctx context.Context, fullMethod string, err error)) Option {
 	return func(c *config) { c.hook = hook }
 }

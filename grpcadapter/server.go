@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"sync"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -54,38 +56,62 @@ func fingerprint(c call) ([]byte, error) {
 	return proto.MarshalOptions{Deterministic: true}.MarshalAppend(b, c.req)
 }
 
-// errUnstored is what the Operation's function returns for a handler error
-// that is not final, so that idem releases the key and stores nothing. The
-// handler's error itself is kept aside: idem would store one wrapped with
-// idem.Final as text, without its status.
-var errUnstored = errors.New("grpcadapter: error not stored")
+// unstored is what the Operation's function returns for a handler error
+// that is not to be recorded: idem releases or holds the key, as disposition
+// says. The handler's error itself is kept aside: idem would store one as
+// text, without its status.
+type unstored struct{ disposition idem.Disposition }
 
-type server struct {
-	cfg *config
-	op  *idem.Operation[call, *response]
-	err error // invalid options
+func (u *unstored) Error() string { return "grpcadapter: error " + u.disposition.String() + "d, not stored" }
+
+// coreDisposition hands idem the disposition the function decided.
+func coreDisposition(err error) idem.Disposition {
+	if u := (*unstored)(nil); errors.As(err, &u) {
+		return u.disposition
+	}
+	return idem.Release
 }
 
-// UnaryServerInterceptor returns an interceptor that makes unary methods
-// idempotent, keeping their outcomes in store. Chain it with
-// grpc.ChainUnaryInterceptor; interceptors chained after it run once per key
-// with the handler, those before it run for every call. Options that cannot
-// be honoured make every protected call fail with Internal (see Option).
+type server struct {
+	cfg        *config
+	op         *idem.Operation[call, *response]
+	err        error // invalid options
+	warnScope  sync.Once
+	scopeCheck bool // warn about credentials without a scope
+}
+
+// NewUnaryServerInterceptor returns an interceptor that makes unary methods
+// idempotent, keeping their outcomes in store, or an error wrapping
+// idem.ErrInvalidOption when an option cannot be honoured; call it when the
+// service starts. Chain the interceptor with grpc.ChainUnaryInterceptor;
+// interceptors chained after it run once per key with the handler, those
+// before it run for every call.
+func NewUnaryServerInterceptor(store idem.Store, opts ...Option) (grpc.UnaryServerInterceptor, error) {
+	s := newServer(store, opts)
+	if s.err != nil {
+		return nil, s.err
+	}
+	return s.intercept, nil
+}
+
+// UnaryServerInterceptor is NewUnaryServerInterceptor for callers that
+// cannot handle an error where they build the server: options that cannot
+// be honoured make every protected call fail with Internal, and are
+// reported to the hook set by WithErrorHook. Prefer
+// NewUnaryServerInterceptor, which reports them at start.
 func UnaryServerInterceptor(store idem.Store, opts ...Option) grpc.UnaryServerInterceptor {
+	return newServer(store, opts).intercept
+}
+
+func newServer(store idem.Store, opts []Option) *server {
 	cfg := newConfig(opts)
 	core := make([]idem.Option, 0, len(cfg.core)+3)
 	core = append(core, idem.WithNamespace(DefaultNamespace))
 	core = append(core, cfg.core...)
-	core = append(core, idem.WithFingerprint(fingerprint), idem.WithFinalErrors(nil))
+	core = append(core, idem.WithFingerprint(fingerprint), idem.WithDisposition(coreDisposition))
 	op := idem.New[call, *response](store, core...)
-	errs := cfg.errs
-	// idem reports invalid options on every call, before it looks at the
-	// key. Asking with an empty key finds them now, without the store.
-	if _, err := op.Do(context.Background(), "", call{}, nil); errors.Is(err, idem.ErrInvalidOption) {
-		errs = append(errs, err)
-	}
-	s := &server{cfg: cfg, op: op, err: errors.Join(errs...)}
-	return s.intercept
+	errs := append(cfg.errs, op.Err())
+	return &server{cfg: cfg, op: op, err: errors.Join(errs...), scopeCheck: !cfg.scopeSet}
 }
 
 func (s *server) intercept(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
@@ -119,9 +145,16 @@ func (s *server) intercept(ctx context.Context, req any, info *grpc.UnaryServerI
 		// Once composed, the key could be valid for idem when the client's
 		// is not: it may be hashed.
 		if err := idem.ValidateKey(key); err != nil {
-			return nil, s.refuse(ctx, method, err)
+			return nil, refusal(codes.InvalidArgument, ReasonKeyInvalid, err.Error(), noRetry)
 		}
 		key = idem.ScopedKey(s.cfg.scope(ctx), key)
+	}
+	if s.scopeCheck && len(metadata.ValueFromIncomingContext(ctx, "authorization")) > 0 {
+		s.warnScope.Do(func() {
+			slog.Warn("grpcadapter: a protected call carries authorization metadata but no scope is configured: " +
+				"callers who send the same idempotency key and request share one stored response. " +
+				"Set grpcadapter.WithScope to the authenticated account, or WithScope(nil) to share keys on purpose.")
+		})
 	}
 	return s.do(ctx, method, key, msg, handler)
 }
@@ -129,30 +162,31 @@ func (s *server) intercept(ctx context.Context, req any, info *grpc.UnaryServerI
 // do runs the handler under key, or replays its stored outcome.
 func (s *server) do(ctx context.Context, method, key string, req proto.Message, handler grpc.UnaryHandler) (any, error) {
 	var (
-		ran  bool     // the handler ran in this call
-		out  any      // its response
+		out  any      // the handler's response, when it ran in this call
 		herr error    // its error
 		capt *capture // the metadata it set
 	)
-	resp, err := s.op.Do(ctx, key, call{method, req}, func(ctx context.Context, c call) (*response, error) {
+	resp, info, err := s.op.DoInfo(ctx, key, call{method, req}, func(ctx context.Context, c call) (*response, error) {
 		ctx, capt = withCapture(ctx)
-		ran = true
 		out, herr = handler(ctx, c.req)
 		return s.storable(c.method, out, herr, capt)
 	})
-	if ran {
-		if err != nil && !errors.Is(err, errUnstored) {
-			s.report(ctx, method, err) // typically idem.ErrNotStored
+	switch info.Outcome {
+	case idem.OutcomeExecuted, idem.OutcomeFinalError, idem.OutcomeFnError, idem.OutcomeHeld, idem.OutcomeNotStored:
+		if u := (*unstored)(nil); err != nil && !errors.As(err, &u) {
+			// The outcome could not be stored (idem.ErrNotStored) or
+			// encoded; the handler ran all the same.
+			s.report(ctx, method, err)
 		}
 		marks := metadata.MD{HeaderStatus: {StatusNew}}
-		if err != nil {
+		if info.Outcome != idem.OutcomeExecuted && info.Outcome != idem.OutcomeFinalError {
 			marks[HeaderStored] = []string{"false"}
 		}
 		setMarks(ctx, marks, nil, nil, herr != nil)
 		return out, herr
-	}
-	if err != nil {
-		return nil, s.refuse(ctx, method, err)
+	case idem.OutcomeReplayed:
+	default:
+		return nil, s.refuse(ctx, method, info.Outcome, err)
 	}
 	if resp == nil {
 		s.report(ctx, method, fmt.Errorf("%w: empty stored response", idem.ErrCorruptRecord))
@@ -199,8 +233,8 @@ func (s *server) storable(method string, out any, herr error, capt *capture) (*r
 		if !ok {
 			st = status.FromContextError(herr) // as grpc does
 		}
-		if s.cfg.final == nil || !s.cfg.final(st) {
-			return nil, errUnstored
+		if d := s.cfg.dispose(st); d != idem.Record {
+			return nil, &unstored{d}
 		}
 		b, err := proto.Marshal(st.Proto())
 		if err != nil {
@@ -223,27 +257,27 @@ func (s *server) storable(method string, out any, herr error, capt *capture) (*r
 	return resp, nil
 }
 
-// refuse returns the status of a call that idem answered with err, without
-// running the handler.
-func (s *server) refuse(ctx context.Context, method string, err error) error {
-	switch {
-	case errors.Is(err, idem.ErrInvalidKey):
-		return refusal(codes.InvalidArgument, ReasonKeyInvalid, err.Error(), noRetry)
-	case errors.Is(err, idem.ErrKeyReused):
+// refuse returns the status of a call that idem answered with outcome and
+// err, without running the handler.
+func (s *server) refuse(ctx context.Context, method string, outcome idem.Outcome, err error) error {
+	switch outcome {
+	case idem.OutcomeKeyReused:
 		return refusal(codes.FailedPrecondition, ReasonKeyReused,
 			"idempotency key reused: it was first used with another request", noRetry)
-	case errors.Is(err, idem.ErrInFlight):
+	case idem.OutcomeInFlight:
 		return refusal(s.cfg.inFlight, ReasonInFlight,
 			"idempotency key in use: a call with this key is in flight; retry later", s.cfg.retryDelay)
-	case errors.Is(err, idem.ErrStore):
+	case idem.OutcomeStoreError:
 		s.report(ctx, method, err)
 		return refusal(codes.Unavailable, ReasonStoreUnavailable,
 			"idempotency store unavailable", s.cfg.retryDelay)
-	case ctx.Err() != nil:
+	case idem.OutcomeCanceled:
 		// The call ended while idem waited for the store or for an
 		// in-flight call.
 		return status.FromContextError(ctx.Err()).Err()
-	default:
+	case idem.OutcomeInvalidKey:
+		return refusal(codes.InvalidArgument, ReasonKeyInvalid, err.Error(), noRetry)
+	default: // a corrupt record, or what cannot happen
 		s.report(ctx, method, err)
 		return errInternal()
 	}

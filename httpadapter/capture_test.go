@@ -7,9 +7,11 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/httpadapter"
 )
 
@@ -200,27 +202,54 @@ func testUnstoredStatuses(t *testing.T, newStore newStoreFunc) {
 	}
 }
 
-func testWithStoreStatus(t *testing.T, newStore newStoreFunc) {
+func testWithDisposition(t *testing.T, newStore newStoreFunc) {
 	store := newStore(t)
-	only2xx := httpadapter.WithStoreStatus(func(status int) bool { return status < 300 })
+	only2xx := httpadapter.WithDisposition(func(status int) idem.Disposition {
+		if status < 300 {
+			return idem.Record
+		}
+		return idem.Release
+	})
 	e := start(t, store, statusHandler(), only2xx)
 	key := newKey()
 	r := e.send(call{key: key, path: "/status/400"})
 	wantNew(t, r, http.StatusBadRequest)
+	wantUnstored(t, r)
 	wantNew(t, e.send(call{key: key, path: "/status/400"}), http.StatusBadRequest)
 	e.wantRuns(2)
 
-	e = start(t, store, statusHandler(), httpadapter.WithStoreStatus(func(int) bool { return true }))
+	e = start(t, store, statusHandler(), httpadapter.WithDisposition(func(int) idem.Disposition { return idem.Record }))
 	key = newKey()
 	first := e.send(call{key: key, path: "/status/500"})
 	wantHit(t, e.send(call{key: key, path: "/status/500"}), first)
 	e.wantRuns(1)
 
 	// nil restores the default.
-	e = start(t, store, statusHandler(), only2xx, httpadapter.WithStoreStatus(nil))
+	e = start(t, store, statusHandler(), only2xx, httpadapter.WithDisposition(nil))
 	key = newKey()
 	first = e.send(call{key: key, path: "/status/400"})
 	wantHit(t, e.send(call{key: key, path: "/status/400"}), first)
+
+	// Hold: sent as not stored, and the key refused with 409 until the
+	// lease expires; then the handler runs again.
+	const lockTTL = 300 * time.Millisecond
+	e = start(t, store, statusHandler(),
+		httpadapter.WithDisposition(func(status int) idem.Disposition {
+			if status == http.StatusGatewayTimeout {
+				return idem.Hold
+			}
+			return httpadapter.DefaultDisposition(status)
+		}),
+		httpadapter.WithOptions(idem.WithLockTTL(lockTTL)))
+	key = newKey()
+	held := e.send(call{key: key, path: "/status/504"})
+	wantNew(t, held, http.StatusGatewayTimeout)
+	wantUnstored(t, held)
+	wantProblem(t, e.send(call{key: key, path: "/status/504"}), http.StatusConflict, httpadapter.ProblemInFlight)
+	e.wantRuns(1)
+	time.Sleep(lockTTL + 100*time.Millisecond)
+	wantNew(t, e.send(call{key: key, path: "/status/504"}), http.StatusGatewayTimeout)
+	e.wantRuns(2)
 }
 
 func testBodyLimit(t *testing.T, newStore newStoreFunc) {

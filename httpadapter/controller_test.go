@@ -51,7 +51,7 @@ func testResponseControllerPassThrough(t *testing.T, newStore newStoreFunc) {
 		w.Header().Set("X-Deadlines", fmt.Sprint(rc.SetReadDeadline(time.Now().Add(time.Minute)), rc.SetWriteDeadline(time.Now().Add(time.Minute))))
 		w.WriteHeader(http.StatusCreated)
 		fmt.Fprint(w, "flush=", rc.Flush())
-	}, httpadapter.WithKeyRequired(false))
+	}, httpadapter.WithKeyRequired())
 
 	for _, c := range []call{{method: http.MethodGet}, {method: http.MethodPost}} {
 		r := e.send(c)

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/codec"
 	"github.com/idemkit/idem/httpadapter"
 )
 
@@ -60,7 +61,9 @@ func testNotStored(t *testing.T, newStore newStoreFunc) {
 }
 
 // testCorruptRecord puts records the middleware cannot replay under its
-// keys, through an idem.Operation of another type in its namespace.
+// keys: one of an idem.Operation of other types in its namespace, refused as
+// a key reused for another request, and records of its own types holding a
+// payload that is not a response, or an invalid status.
 func testCorruptRecord(t *testing.T, newStore newStoreFunc) {
 	store := newStore(t)
 	ctx := context.Background()
@@ -68,25 +71,53 @@ func testCorruptRecord(t *testing.T, newStore newStoreFunc) {
 	e := start(t, store, createHandler, hook.option(), httpadapter.WithOptions(idem.WithSignatureValidation(false)))
 	ns := idem.WithNamespace(httpadapter.DefaultNamespace)
 
-	notAResponse := newKey()
-	_, err := idem.New[string, string](store, ns).Do(ctx, "0::"+notAResponse, "x",
+	otherTypes := newKey()
+	_, err := idem.New[string, string](store, ns).Do(ctx, "0::"+otherTypes, "x",
 		func(context.Context, string) (string, error) { return "not a response", nil })
 	if err != nil {
 		t.Fatal(err)
 	}
-	type badStatus struct{ Status int }
-	invalidStatus := newKey()
-	_, err = idem.New[string, badStatus](store, ns).Do(ctx, "0::"+invalidStatus, "x",
-		func(context.Context, string) (badStatus, error) { return badStatus{Status: 42}, nil })
-	if err != nil {
-		t.Fatal(err)
-	}
+	wantProblem(t, e.send(call{key: otherTypes, body: "{}"}), http.StatusUnprocessableEntity, httpadapter.ProblemKeyReused)
 
+	notAResponse, invalidStatus := newKey(), newKey()
+	putRecord(t, store, httpadapter.DefaultNamespace+":0::"+notAResponse, mustMsgpack(t, "not a response"))
+	putRecord(t, store, httpadapter.DefaultNamespace+":0::"+invalidStatus, mustMsgpack(t, map[string]int{"Status": 42}))
 	for _, key := range []string{notAResponse, invalidStatus} {
 		wantProblem(t, e.send(call{key: key, body: "{}"}), http.StatusInternalServerError, httpadapter.ProblemInternal)
 	}
 	e.wantRuns(0)
 	hook.want(t, idem.ErrCorruptRecord, idem.ErrCorruptRecord)
+}
+
+// putRecord stores, under the store key skey, an idem record of the
+// middleware's types whose payload is the msgpack bytes given, as a damaged
+// store or a foreign writer could leave it. The layout is idem's record
+// format 2 (record.go).
+func putRecord(t *testing.T, store idem.Store, skey string, payload []byte) {
+	t.Helper()
+	const types = "*httpadapter.request -> *httpadapter.response"
+	field := func(s string) []byte { return append([]byte{byte(len(s))}, s...) }
+	rec := []byte("idm\x02v")
+	rec = append(rec, field("fp")...)
+	rec = append(rec, field("msgpack")...)
+	rec = append(rec, field(types)...)
+	rec = append(rec, payload...)
+	a, err := store.Acquire(context.Background(), skey, "fp", time.Minute)
+	if err != nil || a.Lease == nil {
+		t.Fatalf("Acquire(%q) = %+v, %v", skey, a, err)
+	}
+	if err := a.Lease.Commit(context.Background(), rec, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func mustMsgpack(t *testing.T, v any) []byte {
+	t.Helper()
+	b, err := codec.MsgPack{}.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 func testInvalidOptions(t *testing.T, newStore newStoreFunc) {
@@ -137,8 +168,8 @@ func testCoreOptions(t *testing.T, newStore newStoreFunc) {
 	first = e.send(call{key: key, body: `{"a":1}`})
 	wantHit(t, e.send(call{key: key, body: `{"a":2}`}), first)
 
-	// WithFinalErrors is overridden: a 5xx is never stored.
-	final := httpadapter.WithOptions(idem.WithFinalErrors(func(error) bool { return true }))
+	// idem.WithDisposition is overridden: a 5xx is never stored.
+	final := httpadapter.WithOptions(idem.WithDisposition(func(error) idem.Disposition { return idem.Record }))
 	e = start(t, store, statusHandler(), final)
 	key = newKey()
 	wantNew(t, e.send(call{key: key, path: "/status/500"}), http.StatusInternalServerError)

@@ -62,7 +62,7 @@ func testMiddleware(t *testing.T, newStore newStoreFunc) {
 		{"WithExcludedHeaders", testWithExcludedHeaders},
 		{"ConnectionRawName", testConnectionRawName},
 		{"UnstoredStatuses", testUnstoredStatuses},
-		{"WithStoreStatus", testWithStoreStatus},
+		{"WithDisposition", testWithDisposition},
 		{"BodyLimit", testBodyLimit},
 		{"BodyReplaced", testBodyReplaced},
 		{"OuterMaxBytes", testOuterMaxBytes},
@@ -224,6 +224,14 @@ func wantNew(t *testing.T, r reply, status int) {
 		t.Errorf("got %d, %s=%q, %s=%q; want %d, new, not replayed (body %s)", r.status,
 			httpadapter.HeaderStatus, r.header.Get(httpadapter.HeaderStatus),
 			httpadapter.HeaderReplayed, r.header.Get(httpadapter.HeaderReplayed), status, r.body)
+	}
+}
+
+// wantUnstored checks that r says it was not stored.
+func wantUnstored(t *testing.T, r reply) {
+	t.Helper()
+	if got := r.header.Get(httpadapter.HeaderStored); got != "false" {
+		t.Errorf("%s = %q, want false (status %d)", httpadapter.HeaderStored, got, r.status)
 	}
 }
 

@@ -15,7 +15,7 @@
 //
 //   - The first request runs the handler. Its response (status, the headers
 //     the handler set, and body) is stored if its status says so (see
-//     WithStoreStatus), then sent to the client.
+//     WithDisposition), then sent to the client.
 //   - A retry with the same fingerprint receives the stored response, with
 //     Idempotent-Replayed: true, and the handler does not run.
 //   - A request with another fingerprint (another method, path, body...)
@@ -29,14 +29,20 @@
 // header as received), X-Idempotency-Signature (the request fingerprint, as
 // hex) and X-Idempotency-Status (new when the handler ran, hit when the
 // response was replayed). A response from the handler that was not stored
-// also carries X-Idempotency-Stored: false, so a retry with its key runs the
-// handler again. That happens when its status is not stored (5xx and 429 by
-// default) and when the store failed, or the lease was lost, after the
+// also carries X-Idempotency-Stored: false: a retry with its key runs the
+// handler again, at once or, when the response was held, once the lease
+// expires. That happens when its status is not recorded (5xx and 429 by
+// default, see WithDisposition), when the handler gave up without writing
+// (see below), and when the store failed, or the lease was lost, after the
 // handler ran (idem.ErrNotStored); the latter is also reported to the hook
 // set by WithErrorHook. Refusals, where the handler does not run, are RFC
 // 9457 problem details with a type URI per case (see ProblemKeyMissing and
-// the others); they echo a valid Idempotency-Key, and the signature once
-// computed.
+// the others; WithProblemWriter renders them in another shape); they echo a
+// valid Idempotency-Key, and the signature once computed.
+//
+// Build the middleware with New, which reports invalid options when the
+// service starts, and scope keys to the authenticated caller with
+// WithScope.
 //
 // # Buffering, streaming and hijacking
 //
@@ -59,14 +65,15 @@
 // # Handlers that return without writing
 //
 // A handler that returns without writing a response answers 200 OK with no
-// body, as with net/http, and that response is stored and replayed like any
-// other. So a handler that gives up when its request's context ends (the
-// client left, or the key's lease was lost) must not merely return: a retry
-// would be replayed an empty 200 for work never done. It should answer with
-// a status that is not stored, such as 503 Service Unavailable. The
-// middleware does not guess from the context: a handler that did its work
-// and relied on the implicit 200 while its client went away would then run
-// again on the retry, which is what the key is there to prevent.
+// body, as with net/http. When it returns so after its request's context
+// ended (the client left, a deadline passed, or the key's lease was lost),
+// it most likely gave up before doing its work: storing that empty 200 would
+// replay it for the TTL, for work never done. So by default that response
+// is sent as not stored and the key is released, and a retry runs the
+// handler again (WithAbandoned changes it). A handler that returns without
+// writing while its context is live is stored as any 200 is. A handler that
+// gives up should still answer with a status that is not stored, such as
+// 503 Service Unavailable, to tell its client.
 //
 // A handler that panics stores nothing: the key is released and the panic
 // continues to net/http.
@@ -92,8 +99,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
-	"slices"
+	"sync"
 
 	"github.com/idemkit/idem"
 )
@@ -123,48 +131,73 @@ const (
 	StatusHit = "hit"
 )
 
-// errUnstored is what the Operation's function returns for a response whose
-// status is not stored, so that idem releases the key.
-var errUnstored = errors.New("httpadapter: status not stored")
+// unstored is what the Operation's function returns, with the response,
+// for a response that is not to be recorded: idem releases or holds the key,
+// as disposition says, and Do returns the response.
+type unstored struct{ disposition idem.Disposition }
 
-type middleware struct {
-	cfg *config
-	op  *idem.Operation[*request, *response]
-	err error // invalid options
+func (u *unstored) Error() string { return "httpadapter: response " + u.disposition.String() + "d, not stored" }
+
+// coreDisposition hands idem the disposition the function decided.
+func coreDisposition(err error) idem.Disposition {
+	if u := (*unstored)(nil); errors.As(err, &u) {
+		return u.disposition
+	}
+	return idem.Release
 }
 
-// Middleware returns middleware that makes handlers idempotent, keeping
-// their responses in store. The middleware may wrap any number of handlers,
-// which then share the keys of one scope; the fingerprint keeps requests to
-// different paths apart. Options that cannot be honoured make every
-// protected request fail with a 500 problem (see Option).
+type middleware struct {
+	cfg        *config
+	op         *idem.Operation[*request, *response]
+	err        error // invalid options
+	warnScope  sync.Once
+	scopeCheck bool // warn about credentials without a scope
+}
+
+// New returns middleware that makes handlers idempotent, keeping their
+// responses in store, or an error wrapping idem.ErrInvalidOption when an
+// option cannot be honoured; call it when the service starts. The
+// middleware may wrap any number of handlers, which then share the keys of
+// one scope; the fingerprint keeps requests to different paths apart.
+func New(store idem.Store, opts ...Option) (func(http.Handler) http.Handler, error) {
+	m := newMiddleware(store, opts)
+	if m.err != nil {
+		return nil, m.err
+	}
+	return m.wrap, nil
+}
+
+// Middleware is New for callers that cannot handle an error where they
+// build their routes: an option that cannot be honoured makes every
+// protected request fail with a 500 problem, and is reported to the hook
+// set by WithErrorHook. Prefer New, which reports it at start.
 func Middleware(store idem.Store, opts ...Option) func(http.Handler) http.Handler {
+	return newMiddleware(store, opts).wrap
+}
+
+func newMiddleware(store idem.Store, opts []Option) *middleware {
 	cfg := newConfig(opts)
 	coreOpts := make([]idem.Option, 0, len(cfg.core)+3)
 	coreOpts = append(coreOpts, idem.WithNamespace(DefaultNamespace))
 	coreOpts = append(coreOpts, cfg.core...)
 	coreOpts = append(coreOpts,
 		idem.WithFingerprint(fingerprinter(cfg.fpHeaders)),
-		idem.WithFinalErrors(nil),
+		idem.WithDisposition(coreDisposition),
 	)
 	op := idem.New[*request, *response](store, coreOpts...)
-	errs := cfg.errs
-	// idem reports invalid options on every call, before it looks at the
-	// key. Asking with an empty key finds them now, without reaching the
-	// store, so that they are reported even when requests are refused early.
-	if _, err := op.Do(context.Background(), "", nil, nil); errors.Is(err, idem.ErrInvalidOption) {
-		errs = append(errs, err)
-	}
-	m := &middleware{cfg: cfg, op: op, err: errors.Join(errs...)}
-	return func(next http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			m.serve(w, r, next)
-		})
-	}
+	errs := append(cfg.errs, op.Err())
+	return &middleware{cfg: cfg, op: op, err: errors.Join(errs...), scopeCheck: !cfg.scopeSet}
+}
+
+func (m *middleware) wrap(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		m.serve(w, r, next)
+	})
 }
 
 func (m *middleware) serve(w http.ResponseWriter, r *http.Request, next http.Handler) {
-	if !slices.Contains(m.cfg.methods, r.Method) {
+	protect, required := m.cfg.policy(r.Method)
+	if !protect {
 		next.ServeHTTP(w, r)
 		return
 	}
@@ -174,20 +207,20 @@ func (m *middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 	}
 	raw, present := r.Header[HeaderKey]
 	if !present {
-		if m.cfg.keyOptional {
+		if !required {
 			next.ServeHTTP(w, r)
 			return
 		}
-		writeProblem(w, ProblemKeyMissing, "This request requires an Idempotency-Key header.")
+		m.problem(w, r, ProblemKeyMissing, "This request requires an Idempotency-Key header.")
 		return
 	}
 	if len(raw) != 1 {
-		writeProblem(w, ProblemKeyInvalid, "The Idempotency-Key header must appear once.")
+		m.problem(w, r, ProblemKeyInvalid, "The Idempotency-Key header must appear once.")
 		return
 	}
 	key, ok := parseKey(raw[0])
 	if !ok {
-		writeProblem(w, ProblemKeyInvalid, "The Idempotency-Key must be 1 to 255 printable ASCII characters, bare or as a quoted string.")
+		m.problem(w, r, ProblemKeyInvalid, "The Idempotency-Key must be 1 to 255 printable ASCII characters, bare or as a quoted string.")
 		return
 	}
 	req := &request{r: r}
@@ -206,7 +239,7 @@ func (m *middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 	if err != nil {
 		marks{key: raw[0]}.set(w.Header())
 		if !errors.Is(err, errTooLarge) {
-			writeProblem(w, ProblemBodyUnreadable, "")
+			m.problem(w, r, ProblemBodyUnreadable, "")
 			return
 		}
 		limit := m.cfg.maxBody
@@ -214,12 +247,19 @@ func (m *middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 		if errors.As(err, &mbe) {
 			limit = min(limit, mbe.Limit)
 		}
-		writeProblem(w, ProblemBodyTooLarge, fmt.Sprintf("The request body must not exceed %d bytes.", limit))
+		m.problem(w, r, ProblemBodyTooLarge, fmt.Sprintf("The request body must not exceed %d bytes.", limit))
 		return
 	}
 	var scope string
 	if m.cfg.scope != nil {
 		scope = m.cfg.scope(r)
+	}
+	if m.scopeCheck && (r.Header["Authorization"] != nil || r.Header["Cookie"] != nil) {
+		m.warnScope.Do(func() {
+			slog.Warn("httpadapter: a protected request carries credentials (Authorization or Cookie) but no scope is configured: " +
+				"callers who send the same Idempotency-Key and body share one stored response. " +
+				"Set httpadapter.WithScope to the authenticated account, or WithScope(nil) to share keys on purpose.")
+		})
 	}
 
 	m.do(w, r, next, raw[0], idem.ScopedKey(scope, key), req)
@@ -237,9 +277,13 @@ func (m *middleware) do(w http.ResponseWriter, r *http.Request, next http.Handle
 			r2 := req.r.WithContext(ctx)
 			r2.Body = io.NopCloser(bytes.NewReader(req.body))
 			next.ServeHTTP(rec, r2)
+			implicit := rec.status == 0
 			ran = rec.result()
-			if !m.cfg.stores(ran.Status) {
-				return nil, errUnstored
+			switch d := m.cfg.dispose(ran.Status); {
+			case implicit && ctx.Err() != nil && m.cfg.abandoned != idem.Record:
+				return nil, &unstored{m.cfg.abandoned}
+			case d != idem.Record:
+				return nil, &unstored{d}
 			}
 			s := storable(ran, m.cfg.excluded)
 			s.Method, s.Path = method, path
@@ -247,14 +291,14 @@ func (m *middleware) do(w http.ResponseWriter, r *http.Request, next http.Handle
 		})
 
 	mk := marks{key: rawKey, signature: info.Fingerprint}
-	switch {
-	case ran != nil:
-		if err != nil && !errors.Is(err, errUnstored) {
-			m.report(r, err) // idem.ErrNotStored: the handler ran all the same
+	switch info.Outcome {
+	case idem.OutcomeExecuted, idem.OutcomeFnError, idem.OutcomeHeld, idem.OutcomeNotStored:
+		if info.Outcome == idem.OutcomeNotStored {
+			m.report(r, err) // the handler ran all the same
 		}
-		mk.status, mk.unstored = StatusNew, err != nil
+		mk.status, mk.unstored = StatusNew, info.Outcome != idem.OutcomeExecuted
 		ran.write(w, mk)
-	case err == nil:
+	case idem.OutcomeReplayed:
 		if resp == nil || resp.Status < 200 || resp.Status > 999 {
 			m.fail(w, r, fmt.Errorf("%w: invalid stored response", idem.ErrCorruptRecord))
 			return
@@ -263,35 +307,36 @@ func (m *middleware) do(w http.ResponseWriter, r *http.Request, next http.Handle
 			// Another endpoint's response, found with signature validation
 			// off: never replay it.
 			mk.set(w.Header())
-			writeProblem(w, ProblemKeyReused, "This Idempotency-Key was used with another method or path.")
+			m.problem(w, r, ProblemKeyReused, "This Idempotency-Key was used with another method or path.")
 			return
 		}
 		mk.status, mk.replayed = StatusHit, true
 		resp.write(w, mk)
-	default:
+	case idem.OutcomeKeyReused:
 		mk.set(w.Header())
-		switch {
-		case errors.Is(err, idem.ErrKeyReused):
-			writeProblem(w, ProblemKeyReused, "This Idempotency-Key was used with a different request (method, path, query, body or headers).")
-		case errors.Is(err, idem.ErrInFlight):
-			writeProblem(w, ProblemInFlight, "A request with this Idempotency-Key is still being processed. Retry later.")
-		case errors.Is(err, idem.ErrStore):
-			m.report(r, err)
-			writeProblem(w, ProblemStoreUnavailable, "")
-		case r.Context().Err() != nil:
-			// The client left, or a deadline passed, while idem waited for
-			// the store or for an in-flight request: no failure to report.
-			writeProblem(w, ProblemStoreUnavailable, "The request ended before the idempotency check completed.")
-		default:
-			m.fail(w, r, err)
-		}
+		m.problem(w, r, ProblemKeyReused, "This Idempotency-Key was used with a different request (method, path, query, body or headers).")
+	case idem.OutcomeInFlight:
+		mk.set(w.Header())
+		m.problem(w, r, ProblemInFlight, "A request with this Idempotency-Key is still being processed. Retry later.")
+	case idem.OutcomeStoreError:
+		mk.set(w.Header())
+		m.report(r, err)
+		m.problem(w, r, ProblemStoreUnavailable, "")
+	case idem.OutcomeCanceled:
+		// The client left, or a deadline passed, while idem waited for the
+		// store or for an in-flight request: no failure to report.
+		mk.set(w.Header())
+		m.problem(w, r, ProblemStoreUnavailable, "The request ended before the idempotency check completed.")
+	default: // a corrupt record, or what cannot happen (the middleware checks keys)
+		mk.set(w.Header())
+		m.fail(w, r, err)
 	}
 }
 
 // fail answers with a 500 problem, and reports err.
 func (m *middleware) fail(w http.ResponseWriter, r *http.Request, err error) {
 	m.report(r, err)
-	writeProblem(w, ProblemInternal, "")
+	m.problem(w, r, ProblemInternal, "")
 }
 
 func (m *middleware) report(r *http.Request, err error) {

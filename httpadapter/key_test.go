@@ -21,7 +21,7 @@ func testKeyMissing(t *testing.T, newStore newStoreFunc) {
 }
 
 func testKeyOptional(t *testing.T, newStore newStoreFunc) {
-	e := start(t, newStore(t), createHandler, httpadapter.WithKeyRequired(false))
+	e := start(t, newStore(t), createHandler, httpadapter.WithKeyRequired())
 	for range 2 {
 		r := e.send(call{body: "{}"})
 		if r.status != http.StatusCreated || r.header.Get(httpadapter.HeaderStatus) != "" {
@@ -38,9 +38,19 @@ func testKeyOptional(t *testing.T, newStore newStoreFunc) {
 	wantProblem(t, e.send(call{header: keyHeader(""), body: "{}"}), http.StatusBadRequest, httpadapter.ProblemKeyInvalid)
 	e.wantRuns(3)
 
-	// WithKeyRequired(true) restores the default.
-	e = start(t, newStore(t), createHandler, httpadapter.WithKeyRequired(false), httpadapter.WithKeyRequired(true))
-	wantProblem(t, e.send(call{body: "{}"}), http.StatusBadRequest, httpadapter.ProblemKeyMissing)
+	// The key required on PATCH only: POST passes without one.
+	e = start(t, newStore(t), createHandler, httpadapter.WithKeyRequired(http.MethodPatch))
+	wantProblem(t, e.send(call{method: http.MethodPatch, body: "{}"}), http.StatusBadRequest, httpadapter.ProblemKeyMissing)
+	if r := e.send(call{body: "{}"}); r.status != http.StatusCreated {
+		t.Errorf("POST without a key, key required on PATCH only: %d, want the handler's 201", r.status)
+	}
+	// A method listed is protected even when WithMethods leaves it out.
+	e = start(t, newStore(t), createHandler, httpadapter.WithMethods(http.MethodPost), httpadapter.WithKeyRequired(http.MethodPut))
+	wantProblem(t, e.send(call{method: http.MethodPut, body: "{}"}), http.StatusBadRequest, httpadapter.ProblemKeyMissing)
+	if r := e.send(call{body: "{}"}); r.status != http.StatusCreated {
+		t.Errorf("POST without a key: %d, want the handler's 201", r.status)
+	}
+	e.wantRuns(1)
 }
 
 func testKeyInvalid(t *testing.T, newStore newStoreFunc) {

@@ -3,6 +3,7 @@ package httpadapter
 import (
 	"fmt"
 	"net/http"
+	"slices"
 
 	"github.com/idemkit/idem"
 )
@@ -16,23 +17,27 @@ const DefaultMaxBodyBytes = 1 << 20
 // from the records of other Operations sharing the store.
 const DefaultNamespace = "http"
 
-// An Option configures the middleware built by Middleware. Options are
-// applied in order; a later option overrides an earlier one. An option that
-// cannot be honoured makes every protected request fail with a 500 problem
-// (see ProblemInternal), and is reported to the hook set by WithErrorHook.
+// An Option configures the middleware built by New or Middleware. Options
+// are applied in order; a later option overrides an earlier one. New
+// reports an option that cannot be honoured; with Middleware, it makes every
+// protected request fail with a 500 problem (see ProblemInternal), and is
+// reported to the hook set by WithErrorHook.
 type Option func(*config)
 
 type config struct {
-	core        []idem.Option
-	methods     []string
-	keyOptional bool
-	scope       func(*http.Request) string
-	fpHeaders   []string
-	excluded    map[string]bool
-	maxBody     int64
-	stores      func(status int) bool
-	hook        func(*http.Request, error)
-	errs        []error
+	core      []idem.Option
+	methods   []string
+	required  []string // nil: every protected method
+	scope     func(*http.Request) string
+	scopeSet  bool // WithScope was given, even with a nil f
+	fpHeaders []string
+	excluded  map[string]bool
+	maxBody   int64
+	dispose   func(status int) idem.Disposition
+	abandoned idem.Disposition
+	problems  func(http.ResponseWriter, *http.Request, Problem)
+	hook      func(*http.Request, error)
+	errs      []error
 }
 
 func newConfig(opts []Option) *config {
@@ -45,8 +50,10 @@ func newConfig(opts []Option) *config {
 			"Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate",
 			"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
 		}),
-		maxBody: DefaultMaxBodyBytes,
-		stores:  defaultStores,
+		maxBody:   DefaultMaxBodyBytes,
+		dispose:   DefaultDisposition,
+		abandoned: idem.Release,
+		problems:  WriteProblem,
 	}
 	for _, o := range opts {
 		if o != nil {
@@ -60,10 +67,28 @@ func (c *config) invalid(format string, args ...any) {
 	c.errs = append(c.errs, fmt.Errorf("%w: httpadapter."+format, append([]any{idem.ErrInvalidOption}, args...)...))
 }
 
-// defaultStores is the default storage predicate: every status below 500
-// except 429 Too Many Requests.
-func defaultStores(status int) bool {
-	return status < 500 && status != http.StatusTooManyRequests
+// DefaultDisposition is the disposition of responses unless WithDisposition
+// says otherwise: every status below 500 is recorded, except 429 Too Many
+// Requests, and 429 and every 5xx is released, so a retry runs the handler
+// again. Stripe records 500s too; AWS Powertools and Checkout.com record
+// none of them.
+func DefaultDisposition(status int) idem.Disposition {
+	if status < 500 && status != http.StatusTooManyRequests {
+		return idem.Record
+	}
+	return idem.Release
+}
+
+// policy reports whether requests with method are protected, and whether
+// they must carry a key. A method on which the key is required is
+// protected.
+func (c *config) policy(method string) (protect, required bool) {
+	if c.required == nil {
+		protect = slices.Contains(c.methods, method)
+		return protect, protect
+	}
+	required = slices.Contains(c.required, method)
+	return required || slices.Contains(c.methods, method), required
 }
 
 func canonicalSet(names []string) map[string]bool {
@@ -87,8 +112,8 @@ func canonicalList(names []string) []string {
 // idem.WithWaitTimeout (how long a duplicate of an in-flight request waits
 // for its response instead of receiving 409), idem.WithSignatureValidation,
 // idem.WithNamespace and idem.WithCodec. idem.WithFingerprint and
-// idem.WithFinalErrors are overridden: the middleware fingerprints requests
-// itself, and decides what is stored by status (see WithStoreStatus).
+// idem.WithDisposition are overridden: the middleware fingerprints requests
+// itself, and decides what is stored by status (see WithDisposition).
 // Options given in several calls of WithOptions add up, in order.
 //
 // With idem.WithSignatureValidation(false), a request whose body, query or
@@ -115,12 +140,25 @@ func WithMethods(methods ...string) Option {
 	}
 }
 
-// WithKeyRequired sets whether a protected request without an
-// Idempotency-Key header is refused with 400 (true, the default) or passed
-// to the handler untouched (false). A header that is present but empty or
-// malformed is refused with 400 either way.
-func WithKeyRequired(required bool) Option {
-	return func(c *config) { c.keyOptional = !required }
+// WithKeyRequired sets the request methods on which the Idempotency-Key
+// header is required: a request without one is refused with 400
+// (ProblemKeyMissing). These methods are protected whatever WithMethods
+// says. On the other protected methods, a request without the header
+// passes to the handler untouched. By default the key is required on every
+// protected method; WithKeyRequired() with no methods makes it optional
+// everywhere. A header that is present but empty or malformed is refused
+// with 400 either way. It has the shape of grpcadapter.WithKeyRequired,
+// which takes full gRPC method names. Method names are case-sensitive.
+func WithKeyRequired(methods ...string) Option {
+	return func(c *config) {
+		for _, m := range methods {
+			if m == "" {
+				c.invalid("WithKeyRequired: empty method")
+				return
+			}
+		}
+		c.required = append([]string{}, methods...)
+	}
 }
 
 // WithScope makes keys private to a scope, such as the authenticated
@@ -135,8 +173,17 @@ func WithKeyRequired(required bool) Option {
 // The stored key is the decimal length of the scope, ':', the scope, ':' and
 // the key; when that is longer than idem.MaxKeyLen or the scope is not
 // printable ASCII, it is replaced by "sha256:" and the hex SHA-256 of it.
+//
+// Without WithScope, two tenants who send the same key and body share one
+// record, and the second is replayed the first one's response. So the
+// middleware logs a warning (once, through log/slog's default logger) when
+// a protected request carries an Authorization or Cookie header and
+// WithScope was never given. To share keys between all callers on purpose,
+// say so with WithScope(nil), which silences it. Credentials are not part
+// of the fingerprint by default: a token refreshed between two attempts
+// would turn an honest retry into a 422.
 func WithScope(f func(*http.Request) string) Option {
-	return func(c *config) { c.scope = f }
+	return func(c *config) { c.scope, c.scopeSet = f, true }
 }
 
 // WithFingerprintHeaders sets the request headers that are part of the
@@ -182,16 +229,52 @@ func WithMaxBodyBytes(n int64) Option {
 	}
 }
 
-// WithStoreStatus sets which responses are stored and replayed, by status
-// code. A response that is not stored is sent to its client, and the key is
-// released at once, so a retry runs the handler again. The default stores
-// every status below 500 except 429 Too Many Requests; nil restores it.
-func WithStoreStatus(stores func(status int) bool) Option {
+// WithDisposition sets what becomes of the handler's response, by status
+// code: idem.Record stores it and replays it to every retry for the TTL;
+// idem.Release sends it and releases the key at once, so a retry runs the
+// handler again; idem.Hold sends it and keeps the key refused with 409
+// until the lease expires (a lease TTL at most, see idem.WithLockTTL), for
+// outcomes whose side effects are unknown, such as a 504 from a gateway the
+// handler called. Responses that are not recorded carry
+// X-Idempotency-Stored: false. The default is DefaultDisposition; nil
+// restores it. decide may be called concurrently; if it panics, nothing is
+// stored, the key is released, and the panic reaches net/http.
+func WithDisposition(decide func(status int) idem.Disposition) Option {
 	return func(c *config) {
-		if stores == nil {
-			stores = defaultStores
+		if decide == nil {
+			decide = DefaultDisposition
 		}
-		c.stores = stores
+		c.dispose = decide
+	}
+}
+
+// WithAbandoned sets what becomes of the response of a handler that returned
+// without writing anything (net/http would answer 200 OK with no body) after
+// its request's context had ended: the client went away, a deadline
+// passed, or the key's lease was lost. Such a handler most likely gave up
+// before doing its work, so by default (idem.Release) the empty 200 is sent
+// as not stored (X-Idempotency-Stored: false) and the key is released, and
+// a retry runs the handler again. idem.Record stores it as any other 200,
+// for handlers that do their work and rely on the implicit 200 whatever
+// the context says. A handler that writes a response, or returns while its
+// context is live, is not affected.
+func WithAbandoned(d idem.Disposition) Option {
+	return func(c *config) { c.abandoned = d }
+}
+
+// WithProblemWriter sets how refusals are written, for APIs whose errors
+// have a shape of their own (Stripe's {"error": {...}}, say): write is
+// given the problem (its type URI, title, status and detail) and must write
+// the whole response, with p.Status as its status. The idempotency headers
+// (Idempotency-Key, the signature once known) and, on 409 and 503,
+// Retry-After are set on w before write is called. The default is
+// WriteProblem: RFC 9457 application/problem+json.
+func WithProblemWriter(write func(w http.ResponseWriter, r *http.Request, p Problem)) Option {
+	return func(c *config) {
+		if write == nil {
+			write = WriteProblem
+		}
+		c.problems = write
 	}
 }
 

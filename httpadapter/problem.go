@@ -65,30 +65,43 @@ func problemTitle(typ string) (title string, status int) {
 	}
 }
 
-// problem is an RFC 9457 problem details object.
-type problem struct {
-	Type   string `json:"type"`
-	Title  string `json:"title"`
-	Status int    `json:"status"`
+// Problem is a refusal of the middleware: a request it answered without
+// running the handler. It marshals as an RFC 9457 problem details object.
+type Problem struct {
+	// Type is one of the Problem constants, such as ProblemKeyReused.
+	Type string `json:"type"`
+	// Title is a short, fixed summary of the type.
+	Title string `json:"title"`
+	// Status is the HTTP status code of the refusal: 400, 409, 413, 422,
+	// 500 or 503.
+	Status int `json:"status"`
+	// Detail explains this occurrence; it may be empty.
 	Detail string `json:"detail,omitempty"`
 }
 
-// writeProblem answers with a problem of type typ, one of the Problem
-// constants.
-func writeProblem(w http.ResponseWriter, typ, detail string) {
-	title, status := problemTitle(typ)
-	b, err := json.Marshal(problem{Type: typ, Title: title, Status: status, Detail: detail})
+// WriteProblem writes p as application/problem+json with status p.Status.
+// It is the default of WithProblemWriter, and a writer of one's own may
+// fall back to it.
+func WriteProblem(w http.ResponseWriter, _ *http.Request, p Problem) {
+	b, err := json.Marshal(p)
 	if err != nil { // cannot happen: the struct holds only strings and an int
-		http.Error(w, title, status)
+		http.Error(w, p.Title, p.Status)
 		return
 	}
 	b = append(b, '\n')
 	h := w.Header()
 	h.Set("Content-Type", "application/problem+json")
 	h.Set("Content-Length", strconv.Itoa(len(b)))
-	if status == http.StatusConflict || status == http.StatusServiceUnavailable {
-		h.Set("Retry-After", retryAfter)
-	}
-	w.WriteHeader(status)
+	w.WriteHeader(p.Status)
 	_, _ = w.Write(b)
+}
+
+// problem answers r with a problem of type typ, one of the Problem
+// constants, through the configured writer.
+func (m *middleware) problem(w http.ResponseWriter, r *http.Request, typ, detail string) {
+	title, status := problemTitle(typ)
+	if status == http.StatusConflict || status == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", retryAfter)
+	}
+	m.cfg.problems(w, r, Problem{Type: typ, Title: title, Status: status, Detail: detail})
 }

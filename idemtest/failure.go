@@ -88,14 +88,16 @@ func testFinalError(t *testing.T, e *env) {
 		t.Fatalf("replayed message %q, runs %d", re.Message, runs)
 	}
 
-	byPred := idem.New[string, int](e.store, idem.WithFinalErrors(func(err error) bool {
-		var d *declined
-		return errors.As(err, &d)
+	byPred := idem.New[string, int](e.store, idem.WithDisposition(func(err error) idem.Disposition {
+		if d := (*declined)(nil); errors.As(err, &d) {
+			return idem.Record
+		}
+		return idem.Release
 	}))
 	k2 := e.key("pred")
 	_, _ = byPred.Do(ctxFor(t), k2, "r", func(context.Context, string) (int, error) { return 0, &declined{"x"} })
 	if _, err := byPred.Do(ctxFor(t), k2, "r", func(context.Context, string) (int, error) { return 1, nil }); !errors.Is(err, idem.ErrReplayed) {
-		t.Fatalf("WithFinalErrors: replay err = %v, want ErrReplayed", err)
+		t.Fatalf("WithDisposition: replay err = %v, want ErrReplayed", err)
 	}
 }
 

@@ -30,20 +30,23 @@ import (
 // Keys are scoped by the x-demo-account metadata, as the HTTP API's are by
 // X-Demo-Account: a stand-in for the account an authentication interceptor
 // would find; never trust client metadata for this in production.
-func newGRPCServer(store idem.Store) *grpc.Server {
-	idempotent := grpcadapter.UnaryServerInterceptor(store,
+func newGRPCServer(store idem.Store) (*grpc.Server, error) {
+	idempotent, err := grpcadapter.NewUnaryServerInterceptor(store,
 		grpcadapter.WithKeyRequired(testpb.TestService_UnaryCall_FullMethodName),
 		grpcadapter.WithScope(func(ctx context.Context) string {
 			return strings.Join(metadata.ValueFromIncomingContext(ctx, "x-demo-account"), ",")
 		}),
-		grpcadapter.WithFinalCodes(codes.InvalidArgument),
+		grpcadapter.WithDisposition(grpcadapter.RecordCodes(codes.InvalidArgument)),
 		grpcadapter.WithErrorHook(func(_ context.Context, method string, err error) {
 			log.Printf("idempotency: %s: %v", method, err)
 		}),
 	)
+	if err != nil {
+		return nil, err
+	}
 	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(idempotent))
 	testpb.RegisterTestServiceServer(srv, grpcOrders{})
-	return srv
+	return srv, nil
 }
 
 // grpcOrders is the demo TestService: UnaryCall creates an order.

@@ -31,9 +31,9 @@ const httpSlowDelay = 2 * time.Second
 // Keys are scoped by the X-Demo-Account header, a stand-in for the account
 // an authentication middleware would find: never trust a client header for
 // this in production.
-func newHTTPHandler(store idem.Store) http.Handler {
+func newHTTPHandler(store idem.Store) (http.Handler, error) {
 	orders := &httpOrderBook{}
-	idempotent := httpadapter.Middleware(store,
+	idempotent, err := httpadapter.New(store,
 		httpadapter.WithScope(func(r *http.Request) string { return r.Header.Get("X-Demo-Account") }),
 		// No waiting: a retry of a request still running gets 409 at once,
 		// which ?slow=1 shows. A few seconds would have it wait for the
@@ -43,10 +43,13 @@ func newHTTPHandler(store idem.Store) http.Handler {
 			log.Printf("idempotency: %s %s: %v", r.Method, r.URL, err)
 		}),
 	)
+	if err != nil {
+		return nil, err
+	}
 	mux := http.NewServeMux()
 	mux.Handle("POST /orders", idempotent(http.HandlerFunc(orders.create)))
 	mux.HandleFunc("GET /orders", orders.list)
-	return mux
+	return mux, nil
 }
 
 // httpOrder is an order of the demo API.

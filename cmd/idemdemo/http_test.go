@@ -46,7 +46,11 @@ func TestHTTPSlowCancelled(t *testing.T) {
 			done <- served{sw.status, h.Get(httpadapter.HeaderStatus), h.Get(httpadapter.HeaderStored)}
 		})
 	}
-	srv := httptest.NewServer(record(newHTTPHandler(memstore.New())))
+	h, err := newHTTPHandler(memstore.New())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(record(h))
 	defer srv.Close()
 
 	for attempt := 1; attempt <= 2; attempt++ {

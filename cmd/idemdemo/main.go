@@ -99,6 +99,9 @@ type payment struct {
 // runDemo shows the core behaviours on store and prints what happened.
 func runDemo(ctx context.Context, w io.Writer, store idem.Store) error {
 	charges := idem.New[payment, string](store, idem.WithWaitTimeout(5*time.Second), idem.WithNamespace("demo"))
+	if err := charges.Err(); err != nil {
+		return err
+	}
 	key := fmt.Sprint("demo-", time.Now().UnixNano())
 	var executions atomic.Int32
 	charge := func(ctx context.Context, p payment) (string, error) {
@@ -152,8 +155,15 @@ func serveAPIs(ctx context.Context, store idem.Store, httpAddr, grpcAddr string)
 		hl.Close()
 		return err
 	}
-	hs := &http.Server{Handler: newHTTPHandler(store), ReadHeaderTimeout: 5 * time.Second}
-	gs := newGRPCServer(store)
+	handler, err := newHTTPHandler(store)
+	if err != nil {
+		return err
+	}
+	gs, err := newGRPCServer(store)
+	if err != nil {
+		return err
+	}
+	hs := &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second}
 	errc := make(chan error, 2)
 	go func() { errc <- hs.Serve(hl) }()
 	go func() { errc <- gs.Serve(gl) }()
@@ -177,18 +187,25 @@ func serveAPIs(ctx context.Context, store idem.Store, httpAddr, grpcAddr string)
 // runAdapterDemo starts the HTTP and gRPC demo servers on loopback ports,
 // shows a request, its retry and a reused key through each, and stops them.
 func runAdapterDemo(ctx context.Context, w io.Writer, store idem.Store) error {
+	handler, err := newHTTPHandler(store)
+	if err != nil {
+		return err
+	}
+	gs, err := newGRPCServer(store)
+	if err != nil {
+		return err
+	}
 	hl, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
 	}
-	hs := &http.Server{Handler: newHTTPHandler(store), ReadHeaderTimeout: 5 * time.Second}
+	hs := &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second}
 	go hs.Serve(hl)
 	defer hs.Close()
 	gl, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
 	}
-	gs := newGRPCServer(store)
 	go gs.Serve(gl)
 	defer gs.Stop()
 

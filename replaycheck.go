@@ -1,0 +1,266 @@
+package idem
+
+import (
+	"bytes"
+	"fmt"
+	"math"
+	"reflect"
+	"time"
+)
+
+// What "the same value" means for a replay. Do stores a result only if the
+// codec brings it back equal to what fn returned, by these rules:
+//
+//   - Values of different types differ; inside interfaces (an any field, a
+//     map[string]any) the dynamic types must match too, so a struct that
+//     comes back as a map, or an int that comes back as an int8 or a
+//     float64, differs.
+//   - A time.Time equals another that is the same instant at the same
+//     offset from UTC, so that both format the same in RFC 3339 and with
+//     encoding/json; the location's name and the monotonic clock reading do
+//     not count.
+//   - A type that encodes itself (it or its pointer has a MarshalBinary,
+//     MarshalText, MarshalJSON, MarshalMsgpack or EncodeMsgpack method)
+//     equals another that the codec encodes to the same bytes.
+//   - Floats are equal when their bits are (NaN equals NaN, -0 differs
+//     from 0); other basic values compare with ==.
+//   - Slices, maps and pointers are nil together or not, and equal element
+//     by element; struct fields count, unexported ones included, so a field
+//     the codec does not store must hold its zero value.
+//
+// checkReplay returns nil when b is the same value as a, else an error
+// naming where they differ. encode is the codec's Marshal.
+func checkReplay(a, b reflect.Value, encode func(any) ([]byte, error)) error {
+	c := sameChecker{encode: encode}
+	return c.same(a, b, "", 0)
+}
+
+// maxCheckDepth bounds the comparison; the codecs refuse deeper values
+// before it is reached.
+const maxCheckDepth = 10_000
+
+type sameChecker struct {
+	encode func(any) ([]byte, error)
+}
+
+func (c *sameChecker) same(a, b reflect.Value, path string, depth int) error {
+	if depth > maxCheckDepth {
+		return fmt.Errorf("%s: nested deeper than %d levels", pathOr(path), maxCheckDepth)
+	}
+	if a.IsValid() != b.IsValid() {
+		return fmt.Errorf("%s: %s comes back as %s", pathOr(path), describe(a), describe(b))
+	}
+	if !a.IsValid() {
+		return nil
+	}
+	if a.Type() != b.Type() {
+		return fmt.Errorf("%s: %s comes back as %s", pathOr(path), a.Type(), b.Type())
+	}
+	t := a.Type()
+	if t == timeType && !a.CanInterface() {
+		// Reached through an unexported field, which no codec stores.
+		if !a.IsZero() || !b.IsZero() {
+			return fmt.Errorf("%s: an unexported time.Time is not stored", pathOr(path))
+		}
+		return nil
+	}
+	if t == timeType {
+		ta, tb := a.Interface().(time.Time), b.Interface().(time.Time)
+		_, oa := ta.Zone()
+		_, ob := tb.Zone()
+		if !ta.Equal(tb) || oa != ob {
+			return fmt.Errorf("%s: time %s comes back as %s (the codec keeps the instant; return times in UTC or time.Local, or use a codec that keeps the offset, such as codec.JSON)",
+				pathOr(path), ta.Format(time.RFC3339Nano), tb.Format(time.RFC3339Nano))
+		}
+		return nil
+	}
+	if selfEncoding(t) && a.CanInterface() && b.CanInterface() {
+		ea, errA := c.encode(a.Interface())
+		eb, errB := c.encode(b.Interface())
+		if errA != nil || errB != nil || !bytes.Equal(ea, eb) {
+			return fmt.Errorf("%s: %s encodes differently once replayed", pathOr(path), t)
+		}
+		return nil
+	}
+	switch t.Kind() {
+	case reflect.Bool:
+		if a.Bool() != b.Bool() {
+			return differ(path, a, b)
+		}
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		if a.Int() != b.Int() {
+			return differ(path, a, b)
+		}
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr:
+		if a.Uint() != b.Uint() {
+			return differ(path, a, b)
+		}
+	case reflect.Float32, reflect.Float64:
+		if math.Float64bits(a.Float()) != math.Float64bits(b.Float()) {
+			return differ(path, a, b)
+		}
+	case reflect.Complex64, reflect.Complex128:
+		ca, cb := a.Complex(), b.Complex()
+		if math.Float64bits(real(ca)) != math.Float64bits(real(cb)) || math.Float64bits(imag(ca)) != math.Float64bits(imag(cb)) {
+			return differ(path, a, b)
+		}
+	case reflect.String:
+		if a.String() != b.String() {
+			return differ(path, a, b)
+		}
+	case reflect.Pointer:
+		if a.IsNil() || b.IsNil() {
+			if a.IsNil() != b.IsNil() {
+				return fmt.Errorf("%s: nil-ness of %s changes", pathOr(path), t)
+			}
+			return nil
+		}
+		if a.UnsafePointer() == b.UnsafePointer() {
+			return nil
+		}
+		return c.same(a.Elem(), b.Elem(), path, depth+1)
+	case reflect.Interface:
+		if a.IsNil() || b.IsNil() {
+			if a.IsNil() != b.IsNil() {
+				return fmt.Errorf("%s: %s comes back as %s", pathOr(path), describe(a.Elem()), describe(b.Elem()))
+			}
+			return nil
+		}
+		return c.same(a.Elem(), b.Elem(), path, depth+1)
+	case reflect.Slice:
+		if a.IsNil() != b.IsNil() {
+			return fmt.Errorf("%s: a nil %s and an empty one are told apart", pathOr(path), t)
+		}
+		if a.Len() != b.Len() {
+			return fmt.Errorf("%s: length %d comes back as %d", pathOr(path), a.Len(), b.Len())
+		}
+		if t.Elem().Kind() == reflect.Uint8 {
+			if !bytes.Equal(a.Bytes(), b.Bytes()) {
+				return fmt.Errorf("%s: bytes differ", pathOr(path))
+			}
+			return nil
+		}
+		fallthrough
+	case reflect.Array:
+		for i := range a.Len() {
+			if err := c.same(a.Index(i), b.Index(i), fmt.Sprintf("%s[%d]", path, i), depth+1); err != nil {
+				return err
+			}
+		}
+	case reflect.Map:
+		if a.IsNil() != b.IsNil() {
+			return fmt.Errorf("%s: a nil %s and an empty one are told apart", pathOr(path), t)
+		}
+		if a.Len() != b.Len() {
+			return fmt.Errorf("%s: %d entries come back as %d", pathOr(path), a.Len(), b.Len())
+		}
+		it := a.MapRange()
+		for it.Next() {
+			bv := b.MapIndex(it.Key())
+			if !bv.IsValid() {
+				return fmt.Errorf("%s: key %v does not come back", pathOr(path), describe(it.Key()))
+			}
+			if err := c.same(it.Value(), bv, fmt.Sprintf("%s[%v]", path, describe(it.Key())), depth+1); err != nil {
+				return err
+			}
+		}
+	case reflect.Struct:
+		for i := range t.NumField() {
+			if err := c.same(a.Field(i), b.Field(i), path+"."+t.Field(i).Name, depth+1); err != nil {
+				return err
+			}
+		}
+	default: // func, chan, unsafe pointer: only nil survives a codec
+		if !a.IsNil() || !b.IsNil() {
+			return fmt.Errorf("%s: a %s cannot be stored", pathOr(path), t)
+		}
+	}
+	return nil
+}
+
+func pathOr(p string) string {
+	if p == "" {
+		return "result"
+	}
+	return "result" + p
+}
+
+func differ(path string, a, b reflect.Value) error {
+	return fmt.Errorf("%s: %s comes back as %s", pathOr(path), describe(a), describe(b))
+}
+
+// describe shows a value for an error message: its type, and the value
+// itself when it is a short basic one.
+func describe(v reflect.Value) string {
+	if !v.IsValid() {
+		return "nil"
+	}
+	switch v.Kind() {
+	case reflect.Bool, reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Float32, reflect.Float64:
+		return fmt.Sprintf("%s(%v)", v.Type(), v)
+	case reflect.String:
+		if v.Len() <= 40 {
+			return fmt.Sprintf("%q", v.String())
+		}
+	}
+	return v.Type().String()
+}
+
+// selfEncoding reports whether t or *t has a method by which a codec lets
+// a value encode itself.
+func selfEncoding(t reflect.Type) bool {
+	for _, m := range [...]string{"MarshalBinary", "MarshalText", "MarshalJSON", "MarshalMsgpack", "EncodeMsgpack"} {
+		if _, ok := t.MethodByName(m); ok {
+			return true
+		}
+		if _, ok := reflect.PointerTo(t).MethodByName(m); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// checkResultType refuses, when an Operation is built, result types that no
+// codec can bring back: those that reach a struct with unexported fields
+// only and no way to encode itself (a Money{amount, currency}), which would
+// be replayed as its zero value. Interfaces are not followed: what they
+// hold is checked when a result is stored.
+func checkResultType(t reflect.Type) error {
+	return opaqueIn(t, map[reflect.Type]bool{})
+}
+
+func opaqueIn(t reflect.Type, seen map[reflect.Type]bool) error {
+	if seen[t] || t == timeType || selfEncoding(t) {
+		return nil
+	}
+	seen[t] = true
+	switch t.Kind() {
+	case reflect.Pointer, reflect.Slice, reflect.Array:
+		return opaqueIn(t.Elem(), seen)
+	case reflect.Map:
+		if err := opaqueIn(t.Key(), seen); err != nil {
+			return err
+		}
+		return opaqueIn(t.Elem(), seen)
+	case reflect.Struct:
+		exported := 0
+		for i := range t.NumField() {
+			f := t.Field(i)
+			if !f.IsExported() && !f.Anonymous {
+				continue
+			}
+			// Codecs inline the exported fields of embedded structs, also
+			// of unexported types; count them as exported here, and leave
+			// the rest to the check when a result is stored.
+			exported++
+			if err := opaqueIn(f.Type, seen); err != nil {
+				return err
+			}
+		}
+		if exported == 0 && t.NumField() > 0 {
+			return fmt.Errorf("%s keeps its state in unexported fields and has no marshaler: it would be replayed as its zero value", t)
+		}
+	}
+	return nil
+}
