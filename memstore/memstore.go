@@ -7,6 +7,14 @@
 // it goes (no background goroutine, no full scans), and can be bounded in size.
 // Its contents are lost when the process exits; use redisstore to share
 // results between processes or keep them across restarts.
+//
+// Reclaiming is incremental: each call of Acquire, Lease.Refresh,
+// Lease.Commit or Lease.Release removes at most 32 expired leases and 32
+// expired records, soonest-expired first, so that a mass expiry drains over
+// the following calls instead of stalling one of them (and every caller
+// waiting for the lock) for the whole backlog. An expired entry not yet
+// reclaimed is treated as absent by every method; it still counts in Len and
+// toward WithMaxEntries, which drops it first when room is needed.
 package memstore
 
 import (
@@ -29,20 +37,27 @@ var ErrFull = errors.New("memstore: full")
 // An Option configures a Store.
 type Option func(*Store)
 
-// WithMaxEntries bounds the number of keys held. When a new key would exceed
-// it, the completed record closest to expiry is evicted; a later call with
-// that key runs afresh. Leases are never evicted: if only leases are held,
-// Acquire fails with ErrFull. n <= 0 means no bound (the default).
+// WithMaxEntries bounds the number of keys held, counting expired entries not
+// yet reclaimed. When a new key would exceed it, an expired entry is dropped
+// if there is one, and otherwise the completed record closest to expiry is
+// evicted; a later call with that key runs afresh. Live leases are never
+// evicted: if only live leases are held, Acquire fails with ErrFull. n <= 0
+// means no bound (the default).
 func WithMaxEntries(n int) Option {
 	return func(s *Store) { s.max = n }
 }
+
+// reclaimBatch is the most expired entries of each kind (leases, records)
+// that one call reclaims. It bounds the time a call holds the lock after a
+// mass expiry to a few microseconds; the backlog drains over later calls.
+const reclaimBatch = 32
 
 // Store is an in-memory idem.Store. Create it with New.
 type Store struct {
 	mu      sync.Mutex
 	entries map[string]*entry
-	leases  expiryHeap // live leases, soonest expiry first
-	records expiryHeap // completed records, soonest expiry first
+	leases  expiryHeap // leases, soonest expiry first; may hold expired ones
+	records expiryHeap // completed records, soonest expiry first; may hold expired ones
 	max     int
 	tokens  uint64
 }
@@ -77,8 +92,13 @@ type entry struct {
 
 func (e *entry) leased() bool { return e.token != 0 }
 
-// Len returns the number of keys held, including expired ones not yet
-// reclaimed.
+// live reports whether e has not expired by now.
+func (e *entry) live(now time.Time) bool { return now.Before(e.expires) }
+
+// Len returns the number of keys held, including expired entries not yet
+// reclaimed. After many entries expire together Len falls gradually, as
+// each call of Acquire, Refresh, Commit or Release reclaims up to 32
+// expired leases and 32 expired records. Len itself reclaims nothing.
 func (s *Store) Len() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -90,21 +110,26 @@ func (s *Store) Acquire(ctx context.Context, key, fingerprint string, ttl time.D
 	if err := ctx.Err(); err != nil {
 		return idem.Acquisition{}, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	now := time.Now()
-	s.reclaim(now)
-	if e, ok := s.entries[key]; ok {
+	now := s.lock()
+	defer s.unlock(now)
+	if e := s.lookup(key, now); e != nil {
 		if e.leased() {
 			return idem.Acquisition{Holder: e.fingerprint}, nil
 		}
 		return idem.Acquisition{Record: e.record}, nil
 	}
 	if s.max > 0 && len(s.entries) >= s.max {
-		if s.records.Len() == 0 {
+		// Make room without relying on reclaim having run: drop an expired
+		// lease, else the record soonest to expire (expired or not). The
+		// heaps are ordered by expiry, so if the top lease is live, all are.
+		switch {
+		case s.leases.Len() > 0 && !s.leases[0].live(now):
+			s.remove(s.leases[0])
+		case s.records.Len() > 0:
+			s.remove(s.records[0])
+		default:
 			return idem.Acquisition{}, fmt.Errorf("%w: %d in-flight leases", ErrFull, len(s.entries))
 		}
-		s.remove(s.records[0])
 	}
 	s.tokens++
 	e := &entry{key: key, expires: now.Add(ttl), token: s.tokens, fingerprint: fingerprint, done: make(chan struct{})}
@@ -118,13 +143,16 @@ func (s *Store) Acquire(ctx context.Context, key, fingerprint string, ttl time.D
 func (s *Store) Wait(ctx context.Context, key string) error {
 	s.mu.Lock()
 	e, ok := s.entries[key]
-	if !ok || !e.leased() || !time.Now().Before(e.expires) {
+	if !ok || !e.leased() || !e.live(time.Now()) {
 		s.mu.Unlock()
 		return nil
 	}
 	done, expires := e.done, e.expires
 	s.mu.Unlock()
 
+	// The timer, not reclaim, wakes waiters when the lease expires: an
+	// expired lease may stay in the map, its done channel open, until a
+	// later call reclaims it.
 	t := time.NewTimer(time.Until(expires))
 	defer t.Stop()
 	select {
@@ -137,14 +165,35 @@ func (s *Store) Wait(ctx context.Context, key string) error {
 	}
 }
 
-// reclaim removes the entries that have expired by now. Each call costs
-// O(log n) per removed entry and O(1) otherwise.
+// reclaim removes up to reclaimBatch leases and as many records that have
+// expired by now, soonest-expired first. It costs O(log n) per removed
+// entry, so O(reclaimBatch log n) at most, and O(1) when nothing expired.
+// Each call of Acquire, Refresh, Commit and Release runs it once, after its
+// own work. Nothing depends on it for correctness: entries it leaves behind
+// are treated as absent by lookup, held, Wait and the WithMaxEntries bound.
 func (s *Store) reclaim(now time.Time) {
 	for _, h := range []*expiryHeap{&s.leases, &s.records} {
-		for h.Len() > 0 && !now.Before((*h)[0].expires) {
+		for range reclaimBatch {
+			if h.Len() == 0 || (*h)[0].live(now) {
+				break
+			}
 			s.remove((*h)[0])
 		}
 	}
+}
+
+// lookup returns the live entry for key, or nil. An expired entry found
+// under key is removed on the way.
+func (s *Store) lookup(key string, now time.Time) *entry {
+	e, ok := s.entries[key]
+	if !ok {
+		return nil
+	}
+	if !e.live(now) {
+		s.remove(e)
+		return nil
+	}
+	return e
 }
 
 // remove deletes e from the map and its heap, waking its waiters.
@@ -159,14 +208,25 @@ func (s *Store) remove(e *entry) {
 }
 
 // held returns the entry for key if it is still the live lease token.
-func (s *Store) held(key string, token uint64) (*entry, error) {
-	now := time.Now()
-	s.reclaim(now)
-	e, ok := s.entries[key]
-	if !ok || e.token != token {
+func (s *Store) held(key string, token uint64, now time.Time) (*entry, error) {
+	e := s.lookup(key, now)
+	if e == nil || e.token != token {
 		return nil, idem.ErrLeaseLost
 	}
 	return e, nil
+}
+
+// lock locks s and returns the time the call works at. The call defers
+// unlock with that time.
+func (s *Store) lock() time.Time {
+	s.mu.Lock()
+	return time.Now()
+}
+
+// unlock reclaims a batch of entries expired by now, then unlocks s.
+func (s *Store) unlock(now time.Time) {
+	s.reclaim(now)
+	s.mu.Unlock()
 }
 
 type lease struct {
@@ -176,23 +236,25 @@ type lease struct {
 }
 
 func (l *lease) Refresh(ctx context.Context, ttl time.Duration) error {
-	l.s.mu.Lock()
-	defer l.s.mu.Unlock()
-	e, err := l.s.held(l.key, l.token)
+	now := l.s.lock()
+	defer l.s.unlock(now)
+	e, err := l.s.held(l.key, l.token, now)
 	if err != nil {
 		return err
 	}
-	e.expires = time.Now().Add(ttl)
+	e.expires = now.Add(ttl)
 	heap.Fix(&l.s.leases, e.index)
 	return nil
 }
 
 func (l *lease) Commit(ctx context.Context, record []byte, ttl time.Duration) error {
-	l.s.mu.Lock()
-	defer l.s.mu.Unlock()
-	e, err := l.s.held(l.key, l.token)
+	now := l.s.lock()
+	defer l.s.unlock(now)
+	e, err := l.s.held(l.key, l.token, now)
 	if err != nil {
-		if e, ok := l.s.entries[l.key]; ok && !e.leased() && e.committer == l.token && bytes.Equal(e.record, record) {
+		// An expired record counts as absent here too (held has removed
+		// it already; the check does not rely on that).
+		if e, ok := l.s.entries[l.key]; ok && e.live(now) && !e.leased() && e.committer == l.token && bytes.Equal(e.record, record) {
 			return nil // this lease's commit, repeated
 		}
 		return err
@@ -202,15 +264,15 @@ func (l *lease) Commit(ctx context.Context, record []byte, ttl time.Duration) er
 	e.committer = e.token
 	e.token, e.fingerprint, e.done = 0, "", nil
 	e.record = append(make([]byte, 0, len(record)), record...) // non-nil even when empty
-	e.expires = time.Now().Add(ttl)
+	e.expires = now.Add(ttl)
 	heap.Push(&l.s.records, e)
 	return nil
 }
 
 func (l *lease) Release(ctx context.Context) error {
-	l.s.mu.Lock()
-	defer l.s.mu.Unlock()
-	e, err := l.s.held(l.key, l.token)
+	now := l.s.lock()
+	defer l.s.unlock(now)
+	e, err := l.s.held(l.key, l.token, now)
 	if err != nil {
 		return err
 	}
