@@ -151,10 +151,12 @@ func WithMethodFilter(protect func(fullMethod string) bool) Option {
 // full name): the server refuses a call without one with InvalidArgument
 // and reason ReasonKeyMissing. These methods are protected whatever
 // WithMethods says. On the other protected methods, a call without a key
-// goes through untouched, as AIP-155 makes the request ID optional. It
-// replaces WithKeyRequiredFilter. Server only.
+// goes through untouched, as AIP-155 makes the request ID optional; that is
+// the default. It has the shape of httpadapter.WithKeyRequired, which takes
+// HTTP methods. It replaces WithKeyRequiredFilter. Server only.
 func WithKeyRequired(fullMethods ...string) Option {
 	return func(c *config) {
+		c.server("WithKeyRequired")
 		set, ok := methodSet("WithKeyRequired", fullMethods, c)
 		if ok {
 			c.require = set

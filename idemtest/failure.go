@@ -281,3 +281,35 @@ func testResultExpires(t *testing.T, e *env) {
 		t.Fatal("result never expired")
 	}
 }
+
+// testHoldKeepsKeyRefused checks the Hold disposition: nothing is stored,
+// the key is refused (ErrInFlight) while the lease lives, and fn runs again
+// once it expired, which needs a store whose leases expire on their own.
+func testHoldKeepsKeyRefused(t *testing.T, e *env) {
+	const lockTTL = 150 * time.Millisecond
+	unknown := errors.New("gateway timeout: outcome unknown")
+	op := idem.New[string, int](e.store, idem.WithLockTTL(lockTTL), idem.WithDisposition(func(err error) idem.Disposition {
+		if errors.Is(err, unknown) {
+			return idem.Hold
+		}
+		return idem.Release
+	}))
+	key := e.key("k")
+	_, info, err := op.DoInfo(ctxFor(t), key, "r", func(context.Context, string) (int, error) { return 0, unknown })
+	if !errors.Is(err, unknown) || info.Outcome != idem.OutcomeHeld {
+		t.Fatalf("first call: %v, %v; want fn's error, held", info.Outcome, err)
+	}
+	_, err = op.Do(ctxFor(t), key, "r", func(context.Context, string) (int, error) {
+		t.Error("fn ran while the key was held")
+		return 0, nil
+	})
+	if !errors.Is(err, idem.ErrInFlight) {
+		t.Fatalf("retry while held: %v, want ErrInFlight", err)
+	}
+	if !eventually(3*time.Second, func() bool {
+		r, err := op.Do(ctxFor(t), key, "r", func(context.Context, string) (int, error) { return 5, nil })
+		return err == nil && r == 5
+	}) {
+		t.Fatal("the hold never ended")
+	}
+}

@@ -31,6 +31,7 @@ var operationTests = []test{
 	{"WaiterTakesOverAfterFailure", testWaiterTakesOver},
 	{"ResultExpires", testResultExpires},
 	{"WaitTimeoutGivesInFlight", testWaitTimeout},
+	{"HoldKeepsKeyRefused", testHoldKeepsKeyRefused},
 }
 
 type order struct {
