@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/idemkit/idem"
@@ -56,67 +57,75 @@ func (l *flakyLease) Commit(ctx context.Context, rec []byte, ttl time.Duration) 
 // context is cancelled with ErrLeaseLost about one lease TTL after the last
 // successful refresh, not later.
 func TestRefreshFailuresCancelFnAtExpiry(t *testing.T) {
-	const lockTTL = 300 * time.Millisecond
-	s := &flakyStore{Store: memstore.New()}
-	s.refreshFails.Store(true)
-	op := idem.New[string, int](s, idem.WithLockTTL(lockTTL))
-	begin := time.Now()
-	var cancelledAfter time.Duration
-	_, err := op.Do(context.Background(), "k", "r", func(ctx context.Context, _ string) (int, error) {
-		select {
-		case <-ctx.Done():
-			cancelledAfter = time.Since(begin)
-			return 0, context.Cause(ctx)
-		case <-time.After(10 * lockTTL):
-			return 1, nil
+	synctest.Test(t, func(t *testing.T) {
+		const lockTTL = 300 * time.Millisecond
+		s := &flakyStore{Store: memstore.New()}
+		s.refreshFails.Store(true)
+		op := idem.New[string, int](s, idem.WithLockTTL(lockTTL))
+		begin := time.Now()
+		var cancelledAfter time.Duration
+		_, err := op.Do(context.Background(), "k", "r", func(ctx context.Context, _ string) (int, error) {
+			select {
+			case <-ctx.Done():
+				cancelledAfter = time.Since(begin)
+				return 0, context.Cause(ctx)
+			case <-time.After(10 * lockTTL):
+				return 1, nil
+			}
+		})
+		if !errors.Is(err, idem.ErrLeaseLost) {
+			t.Fatalf("err = %v, want fn's context cancelled with ErrLeaseLost", err)
+		}
+		// The bubble's clock makes this exact: the lease was granted at
+		// begin, and no refresh got through.
+		if cancelledAfter != lockTTL {
+			t.Fatalf("fn cancelled after %v, want the lease TTL %v", cancelledAfter, lockTTL)
 		}
 	})
-	if !errors.Is(err, idem.ErrLeaseLost) {
-		t.Fatalf("err = %v, want fn's context cancelled with ErrLeaseLost", err)
-	}
-	if cancelledAfter < lockTTL || cancelledAfter > lockTTL+lockTTL/2 {
-		t.Fatalf("fn cancelled after %v, want about the lease TTL %v", cancelledAfter, lockTTL)
-	}
 }
 
 // TestTransientRefreshFailureKeepsFn: one failed refresh among good ones
 // does not cancel fn.
 func TestTransientRefreshFailureKeepsFn(t *testing.T) {
-	const lockTTL = 300 * time.Millisecond
-	s := &flakyStore{Store: memstore.New()}
-	op := idem.New[string, int](s, idem.WithLockTTL(lockTTL))
-	r, err := op.Do(context.Background(), "k", "r", func(ctx context.Context, _ string) (int, error) {
-		time.Sleep(lockTTL / 2)
-		s.refreshFails.Store(true)
-		time.Sleep(lockTTL / 3)
-		s.refreshFails.Store(false)
-		select {
-		case <-ctx.Done():
-			return 0, context.Cause(ctx)
-		case <-time.After(2 * lockTTL):
-			return 1, nil
+	synctest.Test(t, func(t *testing.T) {
+		const lockTTL = 300 * time.Millisecond
+		s := &flakyStore{Store: memstore.New()}
+		op := idem.New[string, int](s, idem.WithLockTTL(lockTTL))
+		r, err := op.Do(context.Background(), "k", "r", func(ctx context.Context, _ string) (int, error) {
+			time.Sleep(lockTTL / 2)
+			s.refreshFails.Store(true)
+			time.Sleep(lockTTL / 3)
+			s.refreshFails.Store(false)
+			select {
+			case <-ctx.Done():
+				return 0, context.Cause(ctx)
+			case <-time.After(2 * lockTTL):
+				return 1, nil
+			}
+		})
+		if err != nil || r != 1 {
+			t.Fatalf("Do = %d, %v; want fn to finish despite one failed refresh", r, err)
 		}
 	})
-	if err != nil || r != 1 {
-		t.Fatalf("Do = %d, %v; want fn to finish despite one failed refresh", r, err)
-	}
 }
 
 func TestCommitRetriedAfterTransientFailure(t *testing.T) {
-	s := &flakyStore{Store: memstore.New()}
-	s.commitFails.Store(2)
-	op := idem.New[string, int](s)
-	runs := 0
-	fn := func(context.Context, string) (int, error) { runs++; return 5, nil }
-	if r, err := op.Do(context.Background(), "k", "r", fn); err != nil || r != 5 {
-		t.Fatalf("Do = %d, %v; want the commit retried until it succeeds", r, err)
-	}
-	if r, info, err := op.DoInfo(context.Background(), "k", "r", fn); err != nil || r != 5 || !info.Replayed || runs != 1 {
-		t.Fatalf("replay = %d, %+v, %v, runs %d", r, info, err, runs)
-	}
-	if n := s.commits.Load(); n != 3 {
-		t.Fatalf("%d commits, want 3 (two failures, one success)", n)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		s := &flakyStore{Store: memstore.New()}
+		s.commitFails.Store(2)
+		op := idem.New[string, int](s)
+		runs := 0
+		fn := func(context.Context, string) (int, error) { runs++; return 5, nil }
+		if r, err := op.Do(context.Background(), "k", "r", fn); err != nil || r != 5 {
+			t.Fatalf("Do = %d, %v; want the commit retried until it succeeds", r, err)
+		}
+		if r, info, err := op.DoInfo(context.Background(), "k", "r", fn); err != nil || r != 5 || !info.Replayed || runs != 1 {
+			t.Fatalf("replay = %d, %+v, %v, runs %d", r, info, err, runs)
+		}
+		if n := s.commits.Load(); n != 3 {
+			t.Fatalf("%d commits, want 3 (two failures, one success)", n)
+		}
+	})
 }
 
 // waitFailStore holds every key for someone else and cannot wait.
@@ -141,26 +150,28 @@ func TestWaitFailureIsStoreError(t *testing.T) {
 // for an immediate re-run: it expires after the lease TTL. The panic reaches
 // the caller.
 func TestPanicAfterFnKeepsLease(t *testing.T) {
-	const lockTTL = 200 * time.Millisecond
-	s := memstore.New()
-	ctx := context.Background()
-	boom := idem.New[string, int](s, idem.WithLockTTL(lockTTL), idem.WithDisposition(func(error) idem.Disposition { panic("predicate") }))
-	func() {
-		defer func() {
-			if r := recover(); r != "predicate" {
-				t.Errorf("recovered %v, want the predicate's panic", r)
-			}
+	synctest.Test(t, func(t *testing.T) {
+		const lockTTL = 200 * time.Millisecond
+		s := memstore.New()
+		ctx := context.Background()
+		boom := idem.New[string, int](s, idem.WithLockTTL(lockTTL), idem.WithDisposition(func(error) idem.Disposition { panic("predicate") }))
+		func() {
+			defer func() {
+				if r := recover(); r != "predicate" {
+					t.Errorf("recovered %v, want the predicate's panic", r)
+				}
+			}()
+			_, _ = boom.Do(ctx, "k", "r", func(context.Context, string) (int, error) { return 0, errors.New("x") })
 		}()
-		_, _ = boom.Do(ctx, "k", "r", func(context.Context, string) (int, error) { return 0, errors.New("x") })
-	}()
-	op := idem.New[string, int](s, idem.WithLockTTL(lockTTL))
-	if _, err := op.Do(ctx, "k", "r", mustNotRun[string, int](t)); !errors.Is(err, idem.ErrInFlight) {
-		t.Fatalf("right after the panic: %v, want ErrInFlight (lease kept)", err)
-	}
-	time.Sleep(lockTTL + 50*time.Millisecond)
-	if r, err := op.Do(ctx, "k", "r", func(context.Context, string) (int, error) { return 1, nil }); err != nil || r != 1 {
-		t.Fatalf("after the lease expired: %d, %v; want fn to run", r, err)
-	}
+		op := idem.New[string, int](s, idem.WithLockTTL(lockTTL))
+		if _, err := op.Do(ctx, "k", "r", mustNotRun[string, int](t)); !errors.Is(err, idem.ErrInFlight) {
+			t.Fatalf("right after the panic: %v, want ErrInFlight (lease kept)", err)
+		}
+		time.Sleep(lockTTL + 50*time.Millisecond)
+		if r, err := op.Do(ctx, "k", "r", func(context.Context, string) (int, error) { return 1, nil }); err != nil || r != 1 {
+			t.Fatalf("after the lease expired: %d, %v; want fn to run", r, err)
+		}
+	})
 }
 
 func TestNamespacesCannotCollide(t *testing.T) {
@@ -225,18 +236,20 @@ func (l *stopLease) Release(context.Context) error { return nil }
 // not re-arm the lease-expiry timer that stop has stopped, which would
 // cancel fn's context with ErrLeaseLost during Commit.
 func TestRefreshUnderWayAtStop(t *testing.T) {
-	s := &stopStore{refreshing: make(chan struct{}), fnDone: make(chan struct{})}
-	op := idem.New[string, int](s, idem.WithLockTTL(90*time.Millisecond))
-	_, err := op.Do(context.Background(), "k", "r", func(ctx context.Context, _ string) (int, error) {
-		s.fnCtx = ctx
-		<-s.refreshing
-		close(s.fnDone)
-		return 1, nil
+	synctest.Test(t, func(t *testing.T) {
+		s := &stopStore{refreshing: make(chan struct{}), fnDone: make(chan struct{})}
+		op := idem.New[string, int](s, idem.WithLockTTL(90*time.Millisecond))
+		_, err := op.Do(context.Background(), "k", "r", func(ctx context.Context, _ string) (int, error) {
+			s.fnCtx = ctx
+			<-s.refreshing
+			close(s.fnDone)
+			return 1, nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if errors.Is(s.causeInCommit, idem.ErrLeaseLost) {
+			t.Error("fn's context was cancelled with ErrLeaseLost during Commit: the stopped expiry timer was re-armed")
+		}
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if errors.Is(s.causeInCommit, idem.ErrLeaseLost) {
-		t.Error("fn's context was cancelled with ErrLeaseLost during Commit: the stopped expiry timer was re-armed")
-	}
 }

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/idemkit/idem"
@@ -223,23 +224,25 @@ func (l losingLease) Refresh(ctx context.Context, _ time.Duration) error {
 }
 
 func TestLostLeaseCancelsFn(t *testing.T) {
-	op := idem.New[string, int](losingStore{memstore.New()}, idem.WithLockTTL(30*time.Millisecond))
-	var cause error
-	_, err := op.Do(context.Background(), "k", "r", func(ctx context.Context, _ string) (int, error) {
-		select {
-		case <-ctx.Done():
-			cause = context.Cause(ctx)
-			return 0, cause
-		case <-time.After(5 * time.Second):
-			return 1, nil
+	synctest.Test(t, func(t *testing.T) {
+		op := idem.New[string, int](losingStore{memstore.New()}, idem.WithLockTTL(30*time.Millisecond))
+		var cause error
+		_, err := op.Do(context.Background(), "k", "r", func(ctx context.Context, _ string) (int, error) {
+			select {
+			case <-ctx.Done():
+				cause = context.Cause(ctx)
+				return 0, cause
+			case <-time.After(5 * time.Second):
+				return 1, nil
+			}
+		})
+		if !errors.Is(cause, idem.ErrLeaseLost) {
+			t.Fatalf("fn's context cause = %v, want ErrLeaseLost", cause)
+		}
+		if !errors.Is(err, idem.ErrLeaseLost) {
+			t.Fatalf("Do = %v, want fn's error", err)
 		}
 	})
-	if !errors.Is(cause, idem.ErrLeaseLost) {
-		t.Fatalf("fn's context cause = %v, want ErrLeaseLost", cause)
-	}
-	if !errors.Is(err, idem.ErrLeaseLost) {
-		t.Fatalf("Do = %v, want fn's error", err)
-	}
 }
 
 // TestUnencodableResult: a result the codec cannot encode, or cannot decode
@@ -249,28 +252,32 @@ func TestUnencodableResult(t *testing.T) {
 	const lockTTL = 200 * time.Millisecond
 	ctx := context.Background()
 	t.Run("encode", func(t *testing.T) {
-		op := idem.New[string, chan int](memstore.New(), idem.WithLockTTL(lockTTL))
-		_, err := op.Do(ctx, "k", "r", func(context.Context, string) (chan int, error) { return make(chan int), nil })
-		if !errors.Is(err, idem.ErrNotStored) {
-			t.Fatalf("err = %v, want ErrNotStored", err)
-		}
-		if _, err := op.Do(ctx, "k", "r", mustNotRun[string, chan int](t)); !errors.Is(err, idem.ErrInFlight) {
-			t.Fatalf("immediate retry: %v, want ErrInFlight (lease kept)", err)
-		}
+		synctest.Test(t, func(t *testing.T) {
+			op := idem.New[string, chan int](memstore.New(), idem.WithLockTTL(lockTTL))
+			_, err := op.Do(ctx, "k", "r", func(context.Context, string) (chan int, error) { return make(chan int), nil })
+			if !errors.Is(err, idem.ErrNotStored) {
+				t.Fatalf("err = %v, want ErrNotStored", err)
+			}
+			if _, err := op.Do(ctx, "k", "r", mustNotRun[string, chan int](t)); !errors.Is(err, idem.ErrInFlight) {
+				t.Fatalf("immediate retry: %v, want ErrInFlight (lease kept)", err)
+			}
+		})
 	})
 	t.Run("decode", func(t *testing.T) {
-		type withIface struct{ S fmt.Stringer }
-		op := idem.New[string, withIface](memstore.New(), idem.WithLockTTL(lockTTL))
-		r, err := op.Do(ctx, "k", "r", func(context.Context, string) (withIface, error) { return withIface{time.Second}, nil })
-		if !errors.Is(err, idem.ErrNotStored) || r.S != time.Second {
-			t.Fatalf("Do = %v, %v; want fn's value and ErrNotStored (a record that would never replay)", r, err)
-		}
-		time.Sleep(lockTTL + 50*time.Millisecond)
-		runs := 0
-		_, _ = op.Do(ctx, "k", "r", func(context.Context, string) (withIface, error) { runs++; return withIface{}, nil })
-		if runs != 1 {
-			t.Fatalf("after the lease expired fn ran %d times, want 1: nothing was stored", runs)
-		}
+		synctest.Test(t, func(t *testing.T) {
+			type withIface struct{ S fmt.Stringer }
+			op := idem.New[string, withIface](memstore.New(), idem.WithLockTTL(lockTTL))
+			r, err := op.Do(ctx, "k", "r", func(context.Context, string) (withIface, error) { return withIface{time.Second}, nil })
+			if !errors.Is(err, idem.ErrNotStored) || r.S != time.Second {
+				t.Fatalf("Do = %v, %v; want fn's value and ErrNotStored (a record that would never replay)", r, err)
+			}
+			time.Sleep(lockTTL + 50*time.Millisecond)
+			runs := 0
+			_, _ = op.Do(ctx, "k", "r", func(context.Context, string) (withIface, error) { runs++; return withIface{}, nil })
+			if runs != 1 {
+				t.Fatalf("after the lease expired fn ran %d times, want 1: nothing was stored", runs)
+			}
+		})
 	})
 }
 
