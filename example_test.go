@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,6 +27,9 @@ type Charge struct {
 // the client retries.
 func ExampleOperation_Do() {
 	charges := idem.New[ChargeRequest, Charge](memstore.New())
+	if err := charges.Err(); err != nil {
+		log.Fatal(err) // an option that cannot be honoured: fail at start
+	}
 	var calls int
 	charge := func(ctx context.Context, r ChargeRequest) (Charge, error) {
 		calls++
@@ -34,14 +38,17 @@ func ExampleOperation_Do() {
 	ctx := context.Background()
 	req := ChargeRequest{Customer: "cus_1", Amount: 1999}
 
-	first, _ := charges.Do(ctx, "key-1", req, charge)
-	retry, _ := charges.Do(ctx, "key-1", req, charge)
-	fmt.Println(first.ID, retry.ID, calls)
+	// The client's key, private to the account that sent it: two accounts
+	// that pick the same key never share a record.
+	key := idem.ScopedKey("acct_1", "key-1")
+	first, _ := charges.Do(ctx, key, req, charge)
+	retry, info, _ := charges.DoInfo(ctx, key, req, charge)
+	fmt.Println(first.ID, retry.ID, calls, info.Outcome)
 
-	_, err := charges.Do(ctx, "key-1", ChargeRequest{Customer: "cus_1", Amount: 5}, charge)
+	_, err := charges.Do(ctx, key, ChargeRequest{Customer: "cus_1", Amount: 5}, charge)
 	fmt.Println(errors.Is(err, idem.ErrKeyReused))
 	// Output:
-	// ch_1 ch_1 1
+	// ch_1 ch_1 1 replayed
 	// true
 }
 
@@ -128,4 +135,33 @@ func ExampleOperation_Do_retryAfterError() {
 	// Output:
 	// gateway timeout
 	// ok <nil> 2
+}
+
+// A declined card is an outcome to replay; a gateway timeout is one whose
+// effect is unknown, so the key is held for a lease TTL rather than
+// released for an immediate second charge.
+func ExampleWithDisposition() {
+	errDeclined := errors.New("card declined")
+	errTimeout := errors.New("gateway timeout")
+	charges := idem.New[ChargeRequest, Charge](memstore.New(),
+		idem.WithDisposition(func(err error) idem.Disposition {
+			switch {
+			case errors.Is(err, errDeclined):
+				return idem.Record
+			case errors.Is(err, errTimeout):
+				return idem.Hold
+			}
+			return idem.Release
+		}))
+	ctx := context.Background()
+	req := ChargeRequest{Customer: "cus_1", Amount: 1999}
+	for _, fail := range []error{errDeclined, errTimeout} {
+		key := idem.ScopedKey("acct_1", fail.Error())
+		_, info, _ := charges.DoInfo(ctx, key, req, func(context.Context, ChargeRequest) (Charge, error) { return Charge{}, fail })
+		_, retry, err := charges.DoInfo(ctx, key, req, func(context.Context, ChargeRequest) (Charge, error) { return Charge{ID: "ch_2"}, nil })
+		fmt.Println(info.Outcome, "then", retry.Outcome, err)
+	}
+	// Output:
+	// final_error then replayed card declined
+	// held then in_flight idem: request with this idempotency key is in flight
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log"
 	"net"
+	"strings"
 	"sync/atomic"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -34,9 +35,20 @@ func (s *orderService) UnaryCall(ctx context.Context, req *testpb.SimpleRequest)
 // once, the second call gets the stored response, and the third, which
 // sends the key with another request, is refused.
 func Example() {
-	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(
-		grpcadapter.UnaryServerInterceptor(memstore.New()),
-	))
+	idempotent, err := grpcadapter.NewUnaryServerInterceptor(memstore.New(),
+		// The account an authentication interceptor found; metadata here.
+		grpcadapter.WithScope(func(ctx context.Context) string {
+			return strings.Join(metadata.ValueFromIncomingContext(ctx, "x-account"), ",")
+		}),
+	)
+	if err != nil {
+		log.Fatal(err) // an option that cannot be honoured
+	}
+	clientKeys, err := grpcadapter.NewUnaryClientInterceptor()
+	if err != nil {
+		log.Fatal(err)
+	}
+	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(idempotent))
 	testpb.RegisterTestServiceServer(srv, &orderService{})
 	lis := bufconn.Listen(1 << 20)
 	go srv.Serve(lis)
@@ -45,7 +57,7 @@ func Example() {
 	conn, err := grpc.NewClient("passthrough:///bufnet",
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithUnaryInterceptor(grpcadapter.UnaryClientInterceptor()),
+		grpc.WithUnaryInterceptor(clientKeys),
 	)
 	if err != nil {
 		log.Fatal(err)
@@ -57,7 +69,8 @@ func Example() {
 	for _, item := range []string{"book", "book", "pen"} {
 		var header metadata.MD
 		req := &testpb.SimpleRequest{Payload: &testpb.Payload{Body: []byte(item)}}
-		resp, err := client.UnaryCall(context.Background(), req, grpcadapter.CallKey(key), grpc.Header(&header))
+		ctx := metadata.AppendToOutgoingContext(context.Background(), "x-account", "acct_1")
+		resp, err := client.UnaryCall(ctx, req, grpcadapter.CallKey(key), grpc.Header(&header))
 		if err != nil {
 			st := status.Convert(err)
 			for _, d := range st.Details() {

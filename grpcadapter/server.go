@@ -62,7 +62,9 @@ func fingerprint(c call) ([]byte, error) {
 // text, without its status.
 type unstored struct{ disposition idem.Disposition }
 
-func (u *unstored) Error() string { return "grpcadapter: error " + u.disposition.String() + "d, not stored" }
+func (u *unstored) Error() string {
+	return "grpcadapter: error " + u.disposition.String() + "d, not stored"
+}
 
 // coreDisposition hands idem the disposition the function decided.
 func coreDisposition(err error) idem.Disposition {

@@ -26,7 +26,13 @@ func Example() {
 		w.WriteHeader(http.StatusCreated)
 		fmt.Fprintf(w, `{"order":%d}`, orders.Add(1))
 	})
-	idempotent := httpadapter.Middleware(memstore.New())
+	idempotent, err := httpadapter.New(memstore.New(),
+		// The account an authentication middleware found; a header here.
+		httpadapter.WithScope(func(r *http.Request) string { return r.Header.Get("X-Account") }),
+	)
+	if err != nil {
+		log.Fatal(err) // an option that cannot be honoured
+	}
 	srv := httptest.NewServer(idempotent(create))
 	defer srv.Close()
 
@@ -36,6 +42,7 @@ func Example() {
 			log.Fatal(err)
 		}
 		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("X-Account", "acct_1")
 		req.Header.Set("Idempotency-Key", `"8e03978e-40d5-43e8-bc93-6894a57f9324"`)
 		resp, err := srv.Client().Do(req)
 		if err != nil {
@@ -71,9 +78,9 @@ func Example() {
 // a retry of a request still running waits up to 2 seconds for its
 // response, responses are kept for a day, and failures the client cannot
 // see are logged.
-func ExampleMiddleware() {
+func ExampleNew() {
 	type accountKey struct{}
-	idempotent := httpadapter.Middleware(memstore.New(),
+	idempotent, err := httpadapter.New(memstore.New(),
 		httpadapter.WithScope(func(r *http.Request) string {
 			account, _ := r.Context().Value(accountKey{}).(string) // set by authentication middleware
 			return account
@@ -86,6 +93,9 @@ func ExampleMiddleware() {
 			log.Printf("idempotency: %s %s: %v", r.Method, r.URL.Path, err)
 		}),
 	)
+	if err != nil {
+		log.Fatal(err) // fail at start, not on every request
+	}
 	mux := http.NewServeMux()
 	mux.Handle("POST /payments", idempotent(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusCreated)

@@ -136,7 +136,9 @@ const (
 // as disposition says, and Do returns the response.
 type unstored struct{ disposition idem.Disposition }
 
-func (u *unstored) Error() string { return "httpadapter: response " + u.disposition.String() + "d, not stored" }
+func (u *unstored) Error() string {
+	return "httpadapter: response " + u.disposition.String() + "d, not stored"
+}
 
 // coreDisposition hands idem the disposition the function decided.
 func coreDisposition(err error) idem.Disposition {
