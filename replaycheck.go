@@ -8,28 +8,10 @@ import (
 	"time"
 )
 
-// What "the same value" means for a replay. Do stores a result only if the
-// codec brings it back equal to what fn returned, by these rules:
-//
-//   - Values of different types differ; inside interfaces (an any field, a
-//     map[string]any) the dynamic types must match too, so a struct that
-//     comes back as a map, or an int that comes back as an int8 or a
-//     float64, differs.
-//   - A time.Time equals another that is the same instant at the same
-//     offset from UTC, so that both format the same in RFC 3339 and with
-//     encoding/json; the location's name and the monotonic clock reading do
-//     not count.
-//   - A type that encodes itself (it or its pointer has a MarshalBinary,
-//     MarshalText, MarshalJSON, MarshalMsgpack or EncodeMsgpack method)
-//     equals another that the codec encodes to the same bytes.
-//   - Floats are equal when their bits are (NaN equals NaN, -0 differs
-//     from 0); other basic values compare with ==.
-//   - Slices, maps and pointers are nil together or not, and equal element
-//     by element; struct fields count, unexported ones included, so a field
-//     the codec does not store must hold its zero value.
-//
-// checkReplay returns nil when b is the same value as a, else an error
-// naming where they differ. encode is the codec's Marshal.
+// checkReplay returns nil when b, the value the codec brought back, is the
+// same value as a, what fn returned, by the rules of the package
+// documentation ("The same value"); else an error naming where they differ.
+// encode is the codec's Marshal.
 func checkReplay(a, b reflect.Value, encode func(any) ([]byte, error)) error {
 	c := sameChecker{encode: encode}
 	return c.same(a, b, "", 0)
