@@ -10,7 +10,10 @@ import (
 	"math"
 	"reflect"
 	"slices"
+	"strings"
+	"sync"
 	"time"
+	"unsafe"
 )
 
 // Fingerprint returns the default fingerprint of v: the hex SHA-256 of a
@@ -18,37 +21,64 @@ import (
 // every process and run, whatever the order of map iteration.
 //
 // The encoding walks v by reflection. It covers booleans, numbers, strings,
-// slices, arrays, maps (entries sorted by encoded key), pointers (followed),
-// interfaces (tagged with the dynamic type) and structs: their exported
-// fields by name, and the exported fields of embedded structs even when the
-// embedded type is unexported; a field tagged `idem:"-"` is left out. A
-// time.Time counts as its instant, whatever its location. Other types that
-// implement encoding.BinaryMarshaler or encoding.TextMarshaler, on the value
-// or the pointer (big.Int, netip.Addr, UUIDs), are encoded with it. Integers
-// of any size encode by value, so changing a field from int32 to int64 keeps
-// fingerprints. A nil slice or map differs from an empty one, and -0.0 from
-// 0.0.
+// slices, arrays, maps (entries sorted by their encoding: by key, then by
+// value for keys that encode alike, such as NaNs), pointers (followed),
+// interfaces (tagged with the dynamic type) and structs. A struct is
+// encoded as its exported fields by name: sorted in the byte order of their
+// Go names, not in declaration order, so reordering the fields of a struct
+// keeps its fingerprints, as changing a field from int32 to int64 does. The
+// exported fields of embedded structs are included, and sorted with the
+// others, even when the embedded type is unexported; fields of equal name
+// (promoted from different embedded structs) keep their declaration order.
+// A field tagged `idem:"-"` is left out. A time.Time counts as its instant,
+// whatever its location. Other types that implement
+// encoding.BinaryMarshaler or encoding.TextMarshaler, on the value or the
+// pointer (big.Int, netip.Addr, UUIDs), are encoded with it. Integers of any
+// size encode by value. A nil slice or map differs from an empty one, and
+// -0.0 from 0.0. The field order of each struct type is worked out once and
+// cached for the life of the process.
 //
 // Unexported fields are not part of the fingerprint. A struct that has
 // unexported fields but no exported one and no marshaler (an opaque type)
 // gives ErrFingerprint rather than a fingerprint that ignores its contents,
-// as do funcs, channels, unsafe pointers, pointer cycles, and marshaler types
-// reached through an unexported field. Use WithFingerprint for such requests.
+// as do funcs, channels, unsafe pointers, pointer cycles, values nested
+// more than 10,000 levels deep, and marshaler types reached through an
+// unexported field. Use WithFingerprint for such requests.
 func Fingerprint(v any) (string, error) {
-	e := canon{buf: make([]byte, 0, 256)}
-	if err := e.value(reflect.ValueOf(v), 0); err != nil {
-		return "", err
+	e := canonPool.Get().(*canon)
+	err := e.value(reflect.ValueOf(v), 0)
+	var fp string
+	if err == nil {
+		fp = hashHex(e.buf)
 	}
-	return hashHex(e.buf), nil
+	e.release()
+	return fp, err
 }
 
 func hashHex(b []byte) string {
 	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:])
+	var h [2 * sha256.Size]byte
+	hex.Encode(h[:], sum[:])
+	return string(h[:])
 }
 
-// maxDepth bounds nesting, which also ends pointer cycles.
-const maxDepth = 100
+const (
+	// maxDepth bounds nesting, as encoding/json does: each pointer,
+	// interface, struct (and embedded struct), slice or array element, and
+	// map key or value is one level, so a linked list costs two levels a
+	// node.
+	maxDepth = 10000
+	// cycleCheckDepth is the depth past which the walk keeps the pointers,
+	// maps and slices on its current path (canon.seen), as encoding/json's
+	// ptrSeen does, and reports a cycle when it meets one of them again.
+	// A cycle goes on for ever, so it is caught once its second round is
+	// past this depth; values nested less deeply, nearly all requests, cost
+	// nothing.
+	cycleCheckDepth = 100
+	// maxPooledBuf is the largest buffer kept for reuse after a call, so
+	// that one huge request does not pin its encoding in memory.
+	maxPooledBuf = 64 << 10
+)
 
 var (
 	timeType           = reflect.TypeFor[time.Time]()
@@ -58,7 +88,42 @@ var (
 
 // canon appends a self-delimiting encoding of a value to buf: every item
 // starts with a tag byte, and variable-length items with their length.
-type canon struct{ buf []byte }
+//
+// The encoding is prefix-free: no encoding of a value is a proper prefix of
+// the encoding of another. It can be read back left to right without
+// knowing the type, since the tag says what follows: nothing ('0', 'T',
+// 'F'); a fixed number of bytes ('f', 'c'); varints, which end with the
+// first byte whose high bit is clear ('i', 'u', 't'); a length and that many
+// bytes ('s', 'B', 'M', 'X'); a count and that many items, two an entry for
+// a map ('l', 'm'); one item ('p'); a type name and an item ('I'); or, for a
+// struct ('S'), fields, each 'n', a name and an item, ended by 'E', which
+// cannot start a field. So, by induction on the nesting, a reader knows
+// where an encoding ends from its bytes alone; if one encoding were a prefix
+// of another, the reader would stop at the same point in both, so they are
+// the same.
+type canon struct {
+	buf     []byte
+	spans   []span  // entries of the maps being encoded, a stack shared by nested maps
+	scratch []byte  // map entries being put in order
+	leaves  []leaf  // fields of recursively embedded structs being collected, a stack
+	seen    pathSet // past cycleCheckDepth, the pointers, maps and slices on the path
+}
+
+// canonPool reuses encoders, and their buffers, across calls.
+var canonPool = sync.Pool{New: func() any { return &canon{buf: make([]byte, 0, 256)} }}
+
+// release returns e to canonPool, unless its buffer has grown too large.
+func (e *canon) release() {
+	if cap(e.buf) > maxPooledBuf || cap(e.scratch) > maxPooledBuf {
+		return
+	}
+	e.buf = e.buf[:0]
+	e.spans = e.spans[:0]
+	e.scratch = e.scratch[:0]
+	e.leaves = nil // they hold the caller's values
+	e.seen = nil
+	canonPool.Put(e)
+}
 
 func (e *canon) tag(t byte)      { e.buf = append(e.buf, t) }
 func (e *canon) uint(u uint64)   { e.buf = binary.AppendUvarint(e.buf, u) }
@@ -76,9 +141,13 @@ func (e *canon) boolean(b bool) {
 }
 func (e *canon) header(t byte, n int) { e.tag(t); e.uint(uint64(n)) }
 
+func errTooDeep() error {
+	return fmt.Errorf("%w: nested deeper than %d levels", ErrFingerprint, maxDepth)
+}
+
 func (e *canon) value(v reflect.Value, depth int) error {
 	if depth > maxDepth {
-		return fmt.Errorf("%w: nested deeper than %d (a pointer cycle?)", ErrFingerprint, maxDepth)
+		return errTooDeep()
 	}
 	if !v.IsValid() {
 		e.nilValue()
@@ -117,7 +186,7 @@ func (e *canon) value(v reflect.Value, depth int) error {
 			e.bytes(v.Bytes())
 			return nil
 		}
-		return e.list(v, depth)
+		return e.ref(v, depth)
 	case reflect.Array:
 		return e.list(v, depth)
 	case reflect.Map:
@@ -125,14 +194,14 @@ func (e *canon) value(v reflect.Value, depth int) error {
 			e.nilValue()
 			return nil
 		}
-		return e.mapValue(v, depth)
+		return e.ref(v, depth)
 	case reflect.Pointer:
 		if v.IsNil() {
 			e.nilValue()
 			return nil
 		}
 		e.tag('p')
-		return e.value(v.Elem(), depth+1)
+		return e.ref(v, depth)
 	case reflect.Interface:
 		if v.IsNil() {
 			e.nilValue()
@@ -147,6 +216,60 @@ func (e *canon) value(v reflect.Value, depth int) error {
 		return fmt.Errorf("%w: unsupported type %s", ErrFingerprint, t)
 	}
 	return nil
+}
+
+// ref encodes what v, a non-nil pointer, map or slice, refers to. Past
+// cycleCheckDepth, it keeps v in e.seen while it does.
+func (e *canon) ref(v reflect.Value, depth int) error {
+	if depth <= cycleCheckDepth {
+		return e.refContents(v, depth)
+	}
+	k, err := e.seen.enter(v)
+	if err != nil {
+		return err
+	}
+	err = e.refContents(v, depth)
+	delete(e.seen, k)
+	return err
+}
+
+func (e *canon) refContents(v reflect.Value, depth int) error {
+	switch v.Kind() {
+	case reflect.Pointer:
+		return e.value(v.Elem(), depth+1)
+	case reflect.Map:
+		return e.mapValue(v, depth)
+	default:
+		return e.list(v, depth)
+	}
+}
+
+// pathSet holds the pointers, maps and slices on the path from the root to
+// the value being encoded. A pointer is known by its type as well as its
+// address, since a struct and its first field share an address; a slice by
+// its length as well, as in encoding/json.
+type pathSet map[pathKey]struct{}
+
+type pathKey struct {
+	t   reflect.Type
+	ptr unsafe.Pointer
+	len int
+}
+
+// enter adds v to the path, or reports a cycle if v is on it already.
+func (s *pathSet) enter(v reflect.Value) (pathKey, error) {
+	k := pathKey{t: v.Type(), ptr: v.UnsafePointer()}
+	if v.Kind() == reflect.Slice {
+		k.len = v.Len()
+	}
+	if _, ok := (*s)[k]; ok {
+		return k, fmt.Errorf("%w: pointer cycle through %s", ErrFingerprint, k.t)
+	}
+	if *s == nil {
+		*s = make(pathSet)
+	}
+	(*s)[k] = struct{}{}
+	return k, nil
 }
 
 func (e *canon) list(v reflect.Value, depth int) error {
@@ -223,59 +346,224 @@ func (e *canon) marshaled(v reflect.Value) (err error) {
 }
 
 func (e *canon) structValue(v reflect.Value, depth int) error {
+	p := planFor(v.Type())
 	e.tag('S')
-	n, err := e.fields(v, depth)
+	var n int
+	var err error
+	if p.recursive {
+		n, err = e.collectedFields(v, p, depth)
+	} else {
+		n, err = e.plannedFields(v, p, depth)
+	}
 	if err != nil {
 		return err
 	}
-	if n == 0 && hasUnexported(v.Type()) {
+	if n == 0 && p.unexported {
 		return fmt.Errorf("%w: %s has no exported fields and no marshaler (an opaque type)", ErrFingerprint, v.Type())
 	}
 	e.tag('E')
 	return nil
 }
 
-// fields encodes the exported fields of struct v, and those promoted from
-// its unexported embedded structs, and returns how many it encoded.
-func (e *canon) fields(v reflect.Value, depth int) (int, error) {
-	if depth > maxDepth {
-		return 0, fmt.Errorf("%w: nested deeper than %d (a pointer cycle?)", ErrFingerprint, maxDepth)
-	}
-	t := v.Type()
+// plannedFields encodes the fields of struct v in the order of its plan,
+// and returns how many it encoded.
+func (e *canon) plannedFields(v reflect.Value, p *structPlan, depth int) (int, error) {
 	n := 0
+	for i := range p.fields {
+		f := &p.fields[i]
+		fv, ok := f.resolve(v)
+		if !ok {
+			continue
+		}
+		e.buf = append(e.buf, f.head...)
+		if err := e.value(fv, depth+len(f.index)); err != nil {
+			return 0, err
+		}
+		n++
+	}
+	return n, nil
+}
+
+// collectedFields encodes the fields of struct v, whose type embeds itself
+// through a pointer, so that its fields are known only at run time: it
+// collects them in declaration order, depth first, and sorts them by name
+// as a plan would have. It returns how many it encoded.
+func (e *canon) collectedFields(v reflect.Value, p *structPlan, depth int) (int, error) {
+	base := len(e.leaves)
+	if err := e.collect(v, p, depth); err != nil {
+		return 0, err
+	}
+	leaves := e.leaves[base:]
+	slices.SortStableFunc(leaves, func(a, b leaf) int { return strings.Compare(a.f.name, b.f.name) })
+	// Nested structs push their leaves after these and pop them before
+	// returning, so leaves stays valid even if e.leaves grows.
+	for _, l := range leaves {
+		e.buf = append(e.buf, l.f.head...)
+		if err := e.value(l.v, l.depth); err != nil {
+			return 0, err
+		}
+	}
+	n := len(leaves)
+	e.leaves = e.leaves[:base]
+	return n, nil
+}
+
+// leaf is a field collected by collectedFields, with its depth.
+type leaf struct {
+	f     *planField
+	v     reflect.Value
+	depth int
+}
+
+// collect appends to e.leaves the fields of struct v in declaration order,
+// expanding its recursively embedded pointers.
+func (e *canon) collect(v reflect.Value, p *structPlan, depth int) error {
+	for i := range p.decl {
+		f := &p.decl[i]
+		fv, ok := f.resolve(v)
+		if !ok {
+			continue
+		}
+		d := depth + len(f.index)
+		if !f.embedded {
+			e.leaves = append(e.leaves, leaf{f, fv, d})
+			continue
+		}
+		if fv.IsNil() {
+			continue
+		}
+		if d > maxDepth {
+			return errTooDeep()
+		}
+		if d <= cycleCheckDepth {
+			if err := e.collect(fv.Elem(), planFor(fv.Type().Elem()), d); err != nil {
+				return err
+			}
+			continue
+		}
+		k, err := e.seen.enter(fv)
+		if err != nil {
+			return err
+		}
+		if err := e.collect(fv.Elem(), planFor(fv.Type().Elem()), d); err != nil {
+			return err
+		}
+		// Any cycle through fv that the fields collected here lead round
+		// passes through a pointer, map or slice of theirs, which is on the
+		// path when they are encoded; so fv can leave it now.
+		delete(e.seen, k)
+	}
+	return nil
+}
+
+// structPlan is how the fields of a struct type are encoded, worked out
+// once per type by buildPlan.
+type structPlan struct {
+	// fields are the exported fields and those promoted from unexported
+	// embedded structs, sorted by name, equal names in declaration order
+	// (depth first).
+	fields []planField
+	// decl are the same fields in declaration order, depth first. For a
+	// recursive plan, they include the embedded pointers to expand.
+	decl []planField
+	// recursive plans embed, through a pointer, a struct type that embeds
+	// this one (type node struct{ *node; X int }): their fields are
+	// collected and sorted by collectedFields on every call.
+	recursive bool
+	// unexported records that the type has unexported fields, so that
+	// encoding none of its fields means it is opaque.
+	unexported bool
+}
+
+// planField is a field of a struct plan.
+type planField struct {
+	name string
+	// index leads to the field from the struct, as for
+	// reflect.Value.FieldByIndex: all but the last step are unexported
+	// embedded fields, structs or pointers to structs.
+	index []int
+	// head is the field's tag and name: 'n', the length, the name.
+	head []byte
+	// embedded is set for an embedded pointer in a recursive plan, whose
+	// fields collect expands at run time.
+	embedded bool
+}
+
+// resolve returns the field f of struct v, or false if it is promoted
+// through a nil embedded pointer.
+func (f *planField) resolve(v reflect.Value) (reflect.Value, bool) {
+	last := len(f.index) - 1
+	for _, i := range f.index[:last] {
+		v = v.Field(i)
+		if v.Kind() == reflect.Pointer {
+			if v.IsNil() {
+				return reflect.Value{}, false
+			}
+			v = v.Elem()
+		}
+	}
+	return v.Field(f.index[last]), true
+}
+
+// structPlans caches the plan of every struct type fingerprinted, keyed by
+// reflect.Type, as encoding/json caches its encoders: a plan is worked out,
+// and its fields sorted, once per type rather than on every call. The set
+// of struct types a program fingerprints is fixed by its code, so the cache
+// stays small.
+var structPlans sync.Map // map[reflect.Type]*structPlan
+
+func planFor(t reflect.Type) *structPlan {
+	if p, ok := structPlans.Load(t); ok {
+		return p.(*structPlan)
+	}
+	p, _ := structPlans.LoadOrStore(t, buildPlan(t))
+	return p.(*structPlan)
+}
+
+func buildPlan(t reflect.Type) *structPlan {
+	p := &structPlan{unexported: hasUnexported(t)}
+	p.decl = flatten(nil, t, nil, []reflect.Type{t}, &p.recursive)
+	if !p.recursive {
+		p.fields = slices.Clone(p.decl)
+		slices.SortStableFunc(p.fields, func(a, b planField) int { return strings.Compare(a.name, b.name) })
+	}
+	return p
+}
+
+// flatten appends to out the exported fields of struct type t, reached by
+// prefix, and those promoted from its unexported embedded structs, in
+// declaration order, depth first. stack holds the struct types being
+// flattened: an embedded pointer to one of them is recursive, and is
+// appended as is for collect to expand.
+func flatten(out []planField, t reflect.Type, prefix []int, stack []reflect.Type, recursive *bool) []planField {
 	for i := range t.NumField() {
 		f := t.Field(i)
 		if f.Tag.Get("idem") == "-" {
 			continue
 		}
+		index := append(slices.Clip(prefix), i)
 		if f.Anonymous && !f.IsExported() {
-			fv := v.Field(i)
-			if fv.Kind() == reflect.Pointer {
-				if fv.IsNil() {
-					continue
-				}
-				fv = fv.Elem()
+			ft := f.Type
+			if ft.Kind() == reflect.Pointer {
+				ft = ft.Elem()
 			}
-			if fv.Kind() == reflect.Struct {
-				m, err := e.fields(fv, depth+1)
-				if err != nil {
-					return 0, err
-				}
-				n += m
+			switch {
+			case ft.Kind() != reflect.Struct:
+			case slices.Contains(stack, ft): // only through a pointer
+				out = append(out, planField{index: index, embedded: true})
+				*recursive = true
+			default:
+				out = flatten(out, ft, index, append(slices.Clip(stack), ft), recursive)
 			}
 			continue
 		}
 		if !f.IsExported() {
 			continue
 		}
-		e.tag('n')
-		e.string(f.Name)
-		if err := e.value(v.Field(i), depth+1); err != nil {
-			return 0, err
-		}
-		n++
+		head := binary.AppendUvarint([]byte{'n'}, uint64(len(f.Name)))
+		out = append(out, planField{name: f.Name, index: index, head: append(head, f.Name...)})
 	}
-	return n, nil
+	return out
 }
 
 func hasUnexported(t reflect.Type) bool {
@@ -287,39 +575,56 @@ func hasUnexported(t reflect.Type) bool {
 	return false
 }
 
-// mapValue encodes the entries of a map sorted by the encoding of their keys,
-// so that the result does not depend on iteration order.
+// span is where a map entry's encoding lies in canon.buf.
+type span struct{ from, to int }
+
+// mapValue encodes the entries of a map sorted by their encoding, so that
+// the result does not depend on iteration order. Entries are compared
+// whole, key then value. Since the encoding is prefix-free (see canon), two
+// keys that encode differently differ at a byte within both, which decides
+// the comparison before any value byte: entries sort by key, as they would
+// by their keys alone. Only keys that encode alike (NaNs, pointers to equal
+// values, structs that differ in fields left out) are ordered by value; and
+// entries that compare equal are the same bytes, so however they are
+// ordered the encoding is the same.
 func (e *canon) mapValue(v reflect.Value, depth int) error {
+	n := v.Len()
+	e.header('m', n)
 	start := len(e.buf)
-	type span struct{ from, keyEnd, to int }
-	spans := make([]span, 0, v.Len())
+	base := len(e.spans)
 	// SetIterKey and SetIterValue reuse k and val instead of allocating a
 	// copy of every entry.
 	k := reflect.New(v.Type().Key()).Elem()
 	val := reflect.New(v.Type().Elem()).Elem()
-	it := v.MapRange()
+	var it reflect.MapIter
+	it.Reset(v)
 	for it.Next() {
-		s := span{from: len(e.buf)}
-		k.SetIterKey(it)
+		from := len(e.buf)
+		k.SetIterKey(&it)
 		if err := e.value(k, depth+1); err != nil {
 			return err
 		}
-		s.keyEnd = len(e.buf)
-		val.SetIterValue(it)
+		val.SetIterValue(&it)
 		if err := e.value(val, depth+1); err != nil {
 			return err
 		}
-		s.to = len(e.buf)
-		spans = append(spans, s)
+		e.spans = append(e.spans, span{from, len(e.buf)})
 	}
-	entries := slices.Clone(e.buf[start:])
+	spans := e.spans[base:]
+	if len(spans) != n {
+		// Only a marshaler that changes the map, or a data race, can do it.
+		return fmt.Errorf("%w: %s changed while being fingerprinted", ErrFingerprint, v.Type())
+	}
 	slices.SortFunc(spans, func(a, b span) int {
-		return bytes.Compare(entries[a.from-start:a.keyEnd-start], entries[b.from-start:b.keyEnd-start])
+		return bytes.Compare(e.buf[a.from:a.to], e.buf[b.from:b.to])
 	})
-	e.buf = e.buf[:start]
-	e.header('m', len(spans))
-	for _, s := range spans {
-		e.buf = append(e.buf, entries[s.from-start:s.to-start]...)
+	if !slices.IsSortedFunc(spans, func(a, b span) int { return a.from - b.from }) {
+		e.scratch = e.scratch[:0]
+		for _, s := range spans {
+			e.scratch = append(e.scratch, e.buf[s.from:s.to]...)
+		}
+		copy(e.buf[start:], e.scratch)
 	}
+	e.spans = e.spans[:base]
 	return nil
 }

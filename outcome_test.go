@@ -154,7 +154,10 @@ func TestErrAtConstruction(t *testing.T) {
 		}
 	}
 	op := idem.New[string, money](memstore.New())
-	if _, err := op.Do(context.Background(), "k", "r", mustNotRun[string, money](t)); !errors.Is(err, idem.ErrInvalidOption) {
+	if _, err := op.Do(context.Background(), "k", "r", func(context.Context, string) (money, error) {
+		t.Error("fn ran")
+		return money{amount: 1999, currency: "EUR"}, nil
+	}); !errors.Is(err, idem.ErrInvalidOption) {
 		t.Errorf("Do on an invalid Operation: %v, want ErrInvalidOption", err)
 	}
 }

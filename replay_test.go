@@ -126,7 +126,7 @@ func TestReplaySameValue(t *testing.T) {
 			if err != nil || info.Outcome != idem.OutcomeReplayed {
 				t.Fatalf("replay: %v, %v", info.Outcome, err)
 			}
-			if !got.At.Equal(w.At) || got.None != nil || got.Empty == nil || got.Big.Cmp(w.Big) != 0 {
+			if !got.At.Equal(w.At) || got.None != nil || got.Empty == nil || got.Big.Cmp(w.Big) != 0 || got.private != "" {
 				t.Errorf("replayed %+v, want %+v", got, w)
 			}
 			if _, wo := w.At.Zone(); func() bool { _, go_ := got.At.Zone(); return go_ != wo }() {
