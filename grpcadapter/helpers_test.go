@@ -33,10 +33,12 @@ import (
 type newStoreFunc func(t *testing.T) idem.Store
 
 func TestMemstore(t *testing.T) {
+	t.Parallel()
 	testServer(t, func(*testing.T) idem.Store { return memstore.New() })
 }
 
 func TestMemstoreShared(t *testing.T) {
+	t.Parallel()
 	s := memstore.New()
 	testServer(t, func(*testing.T) idem.Store { return s })
 }

@@ -13,12 +13,14 @@ func TestMain(m *testing.M) { os.Exit(redistest.Main(m)) }
 
 // TestRedis runs every interceptor test on a real Redis.
 func TestRedis(t *testing.T) {
+	t.Parallel()
 	s := redisstore.New(redistest.Single(t))
 	testServer(t, func(*testing.T) idem.Store { return s })
 }
 
 // TestRedisCluster runs them on the 3-master Redis Cluster.
 func TestRedisCluster(t *testing.T) {
+	t.Parallel()
 	s := redisstore.New(redistest.Cluster(t))
 	testServer(t, func(*testing.T) idem.Store { return s })
 }

@@ -27,10 +27,12 @@ import (
 type newStoreFunc func(t *testing.T) idem.Store
 
 func TestMemstore(t *testing.T) {
+	t.Parallel()
 	testMiddleware(t, func(*testing.T) idem.Store { return memstore.New() })
 }
 
 func TestMemstoreShared(t *testing.T) {
+	t.Parallel()
 	s := memstore.New()
 	testMiddleware(t, func(*testing.T) idem.Store { return s })
 }

@@ -20,6 +20,7 @@ func TestMain(m *testing.M) { os.Exit(redistest.Main(m)) }
 
 // TestRedis runs every middleware test on a real Redis.
 func TestRedis(t *testing.T) {
+	t.Parallel()
 	s := redisstore.New(redistest.Single(t))
 	testMiddleware(t, func(*testing.T) idem.Store { return s })
 }
@@ -84,6 +85,7 @@ func BenchmarkRedis(b *testing.B) {
 
 // TestRedisCluster runs every middleware test on the 3-master Redis Cluster.
 func TestRedisCluster(t *testing.T) {
+	t.Parallel()
 	s := redisstore.New(redistest.Cluster(t))
 	testMiddleware(t, func(*testing.T) idem.Store { return s })
 }
