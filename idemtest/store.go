@@ -30,6 +30,102 @@ var storeTests = []test{
 	{"KeysAreIndependent", testIndependentKeys},
 	{"EmptyRecord", testEmptyRecord},
 	{"ExpiredLeaseOnFreeKey", testExpiredLeaseFreeKey},
+	{"CommitAfterTakeoverSameBytes", testCommitAfterTakeoverSameBytes},
+}
+
+// testCommitAfterTakeoverSameBytes checks that a Commit is recognised as
+// already done only for the lease that made it, not for any lease whose
+// record has the same bytes. A holder whose lease expired while its fn ran,
+// and whose fn returned what the new holder's returned (a 204, a fixed
+// "ok"), must learn that its outcome was not stored: fn ran twice, and a
+// nil error would hide it.
+func testCommitAfterTakeoverSameBytes(t *testing.T, e *env) {
+	rec := []byte("same\x00bytes\xff")
+	// stale returns a lease on k that has expired, so that k is free.
+	stale := func(t *testing.T, k string) idem.Lease {
+		l := acquireLease(t, e.store, k, "fp", 30*time.Millisecond)
+		time.Sleep(80 * time.Millisecond)
+		return l
+	}
+	expectRecord := func(t *testing.T, k, what string) {
+		t.Helper()
+		a, err := e.store.Acquire(ctxFor(t), k, "fp", time.Minute)
+		if err != nil || a.Lease != nil || !bytes.Equal(a.Record, rec) {
+			t.Fatalf("%s: Acquire = %+v, %v; want the record %q", what, a, err, rec)
+		}
+	}
+
+	t.Run("NewHolderCommitted", func(t *testing.T) {
+		t.Parallel()
+		k := e.key("committed")
+		old := stale(t, k)
+		b := acquireLease(t, e.store, k, "fp", time.Minute)
+		if err := b.Commit(ctxFor(t), rec, time.Minute); err != nil {
+			t.Fatalf("Commit by the new holder: %v", err)
+		}
+		// A short TTL: a store that let this Commit through and rewrote
+		// the record would make it expire.
+		if err := old.Commit(ctxFor(t), rec, 30*time.Millisecond); !errors.Is(err, idem.ErrLeaseLost) {
+			t.Fatalf("Commit of the same bytes by the expired holder, after the new holder committed them = %v, want ErrLeaseLost", err)
+		}
+		if err := b.Commit(ctxFor(t), rec, time.Minute); err != nil {
+			t.Fatalf("repeated Commit by the new holder after the stale one: %v, want nil (Commit is idempotent)", err)
+		}
+		time.Sleep(80 * time.Millisecond)
+		expectRecord(t, k, "after the stale Commit")
+		if err := old.Commit(ctxFor(t), rec, time.Minute); !errors.Is(err, idem.ErrLeaseLost) {
+			t.Fatalf("stale Commit, repeated = %v, want ErrLeaseLost", err)
+		}
+	})
+
+	t.Run("ReleasedThenThirdHolds", func(t *testing.T) {
+		t.Parallel()
+		k := e.key("released-held")
+		old := stale(t, k)
+		b := acquireLease(t, e.store, k, "fp-b", time.Minute)
+		if err := b.Release(ctxFor(t)); err != nil {
+			t.Fatal(err)
+		}
+		c := acquireLease(t, e.store, k, "fp-c", time.Minute)
+		if err := old.Commit(ctxFor(t), rec, time.Minute); !errors.Is(err, idem.ErrLeaseLost) {
+			t.Fatalf("Commit by the expired holder over a third caller's lease = %v, want ErrLeaseLost", err)
+		}
+		if err := b.Commit(ctxFor(t), rec, time.Minute); !errors.Is(err, idem.ErrLeaseLost) {
+			t.Fatalf("Commit by the holder that released = %v, want ErrLeaseLost", err)
+		}
+		a, err := e.store.Acquire(ctxFor(t), k, "other", time.Minute)
+		if err != nil || a.Lease != nil || a.Record != nil || a.Holder != "fp-c" {
+			t.Fatalf("after stale Commits the third caller's lease is gone: %+v, %v", a, err)
+		}
+		if err := c.Commit(ctxFor(t), rec, time.Minute); err != nil {
+			t.Fatalf("Commit by the third holder: %v", err)
+		}
+	})
+
+	t.Run("ReleasedThenThirdCommitted", func(t *testing.T) {
+		t.Parallel()
+		k := e.key("released-committed")
+		old := stale(t, k)
+		b := acquireLease(t, e.store, k, "fp", time.Minute)
+		if err := b.Release(ctxFor(t)); err != nil {
+			t.Fatal(err)
+		}
+		c := acquireLease(t, e.store, k, "fp", time.Minute)
+		if err := c.Commit(ctxFor(t), rec, time.Minute); err != nil {
+			t.Fatalf("Commit by the third holder: %v", err)
+		}
+		if err := old.Commit(ctxFor(t), rec, 30*time.Millisecond); !errors.Is(err, idem.ErrLeaseLost) {
+			t.Fatalf("Commit of the same bytes by the expired holder, after a third caller committed them = %v, want ErrLeaseLost", err)
+		}
+		if err := b.Commit(ctxFor(t), rec, 30*time.Millisecond); !errors.Is(err, idem.ErrLeaseLost) {
+			t.Fatalf("Commit of the same bytes by the holder that released = %v, want ErrLeaseLost", err)
+		}
+		if err := c.Commit(ctxFor(t), rec, time.Minute); err != nil {
+			t.Fatalf("repeated Commit by the third holder: %v, want nil", err)
+		}
+		time.Sleep(80 * time.Millisecond)
+		expectRecord(t, k, "after the stale Commits")
+	})
 }
 
 // testExpiredLeaseFreeKey checks that an expired lease stays lost even when

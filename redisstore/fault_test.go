@@ -24,6 +24,7 @@ func faultClient(t *testing.T, s *redistest.Server) *redis.Client {
 	o := redistest.Options(s.Addr)
 	o.DialTimeout, o.ReadTimeout, o.WriteTimeout = 300*time.Millisecond, 300*time.Millisecond, 300*time.Millisecond
 	o.MaxRetries = -1
+	o.DialerRetries = 1 // one dial per attempt, not 5 spaced 100ms apart
 	c := redis.NewClient(o)
 	t.Cleanup(func() { c.Close() })
 	return c
@@ -69,16 +70,28 @@ func eventuallyOK(f func() error) bool {
 
 func TestRedisDiesDuringFn(t *testing.T) {
 	srv := redistest.StartSingle(t)
-	op := idem.New[string, string](redisstore.New(faultClient(t, srv)))
-	r, err := op.Do(context.Background(), "k", "req", func(context.Context, string) (string, error) {
+	// Do retries a failed commit for as long as the lease may be held, a
+	// lease TTL: a short one keeps this test short (the default is 10s).
+	const lockTTL = 300 * time.Millisecond
+	op := idem.New[string, string](redisstore.New(faultClient(t, srv)), idem.WithLockTTL(lockTTL))
+	begin := time.Now()
+	r, info, err := op.DoInfo(context.Background(), "k", "req", func(context.Context, string) (string, error) {
 		srv.Kill()
 		return "charged", nil
 	})
-	if !errors.Is(err, idem.ErrNotStored) {
-		t.Fatalf("Do when the final write fails: %v, want ErrNotStored", err)
+	if !errors.Is(err, idem.ErrNotStored) || info.Outcome != idem.OutcomeNotStored {
+		t.Fatalf("Do when the final write fails: %v, outcome %v; want ErrNotStored, not_stored", err, info.Outcome)
+	}
+	if errors.Is(err, idem.ErrLeaseLost) {
+		t.Errorf("Do when Redis is down: %v; want a store failure, not a lost lease", err)
 	}
 	if r != "charged" {
 		t.Fatalf("Do returned %q, want fn's result alongside ErrNotStored", r)
+	}
+	// The commit was retried until the lease could no longer be held, and
+	// not much longer.
+	if d := time.Since(begin); d < lockTTL || d > lockTTL+2*time.Second {
+		t.Errorf("Do returned after %v; want the commit retried for about the lease TTL, %v", d, lockTTL)
 	}
 }
 
@@ -130,16 +143,27 @@ func TestCorruptData(t *testing.T) {
 	ctx := context.Background()
 	prefix := "corrupt:" + strconv.FormatInt(time.Now().UnixNano(), 36) + ":"
 	op := idem.New[string, int](redisstore.New(client, redisstore.WithPrefix(prefix)))
-	fp, err := idem.Fingerprint("req")
-	if err != nil {
+	// A real record value of this Operation: "\x00R", the committing
+	// lease's 22-byte token, then a record whose payload is msgpack 42.
+	if _, err := op.Do(ctx, "good", "req", func(context.Context, string) (int, error) { return 42, nil }); err != nil {
 		t.Fatal(err)
 	}
-	// A well-formed record header for this request, with a payload that is
-	// not msgpack (0xc1 is never used).
-	badPayload := "\x00Ridm\x01v" + string(rune(len(fp))) + fp + "\x07msgpack\xc1"
+	good, err := client.Get(ctx, prefix+":good").Result()
+	if err != nil || len(good) < 24 || good[:2] != "\x00R" || good[len(good)-1] != 0x2a {
+		t.Fatalf("stored record %q, %v; want \\x00R, a token, a record ending in msgpack 42", good, err)
+	}
+	// The same record with a payload that is not msgpack (0xc1 is never
+	// used): a well-formed value and header, a bad payload.
+	badPayload := good[:len(good)-1] + "\xc1"
+	// The record without the token, as stored before records carried
+	// one: read as foreign data, not replayed, and fn not run.
+	noToken := good[:2] + good[24:]
 	cases := map[string]func(key string) error{
 		"foreign string": func(k string) error { return client.Set(ctx, k, "hello", time.Minute).Err() },
 		"record garbage": func(k string) error { return client.Set(ctx, k, "\x00Rjunk", time.Minute).Err() },
+		"record short":   func(k string) error { return client.Set(ctx, k, good[:23], time.Minute).Err() },
+		"record mark":    func(k string) error { return client.Set(ctx, k, "\x00R", time.Minute).Err() },
+		"no token":       func(k string) error { return client.Set(ctx, k, noToken, time.Minute).Err() },
 		"bad payload":    func(k string) error { return client.Set(ctx, k, badPayload, time.Minute).Err() },
 		"short lease":    func(k string) error { return client.Set(ctx, k, "\x00Lx", time.Minute).Err() },
 		"hash":           func(k string) error { return client.HSet(ctx, k, "f", "v").Err() },

@@ -7,11 +7,26 @@
 // Each idempotency key is one Redis string key, prefix + key ("idem:" by
 // default). While an execution is in flight it holds the lease: a
 // bsm/redislock lock value, token + request fingerprint, with a PX expiry.
-// When the execution completes, one Lua script replaces the lease with the
-// record, only if the key still holds this caller's exact lease value, and
-// sets the record's PX expiry. One Redis key per idempotency key means one
-// hash slot, so Redis Cluster needs no hash tags and no key is ever split
-// across slots. Expiry is always Redis's, never an application clock.
+// A token is "\x00L" and 22 random base64url characters (16 random bytes),
+// one per Acquire. When the execution completes, one Lua script replaces the
+// lease with the record value, only if the key still holds this caller's
+// exact lease value, and sets the record's PX expiry. The record value is
+// "\x00R", the 22 random characters of the committing lease's token, then
+// the record idem gave to Commit:
+//
+//	lease:  \x00L | 22-byte token | fingerprint
+//	record: \x00R | 22-byte token of the lease that committed it | record
+//
+// The token in the record is what makes Commit idempotent for its own lease
+// only: a Commit repeated after a lost reply finds the record it wrote and
+// succeeds, while the Commit of a lease that expired and was taken over
+// fails with idem.ErrLeaseLost even when its record has the same bytes as
+// the one the new holder committed. A value starting with "\x00R" but too
+// short to hold a token, or with any other start, is foreign data, which
+// idem reports as idem.ErrCorruptRecord. One Redis key per idempotency key
+// means one hash slot, so Redis Cluster needs no hash tags and no key is
+// ever split across slots. Expiry is always Redis's, never an application
+// clock.
 //
 // # Round trips
 //
@@ -62,22 +77,31 @@ const (
 	leaseMark  = "\x00L"
 	recordMark = "\x00R"
 	tokenLen   = len(leaseMark) + 22 // 16 random bytes, base64url
+	// recordHead is the length of what precedes the record in a stored
+	// record value: recordMark, then the committing lease's token without
+	// its leaseMark.
+	recordHead = len(recordMark) + tokenLen - len(leaseMark)
 )
 
 // DefaultPrefix is put before every idempotency key to form its Redis key.
 const DefaultPrefix = "idem:"
 
-// commit replaces the lease ARGV[1] under KEYS[1] by the record ARGV[2] with
-// expiry ARGV[3] ms; it returns 0 and writes nothing when the key does not
-// hold exactly that lease. It returns 1 also when the key already holds the
-// record, so that a commit retried after a lost reply (go-redis retries, or
-// idem's own) reports success instead of a lost lease.
+// commit replaces the lease value ARGV[1] under KEYS[1] by the record value
+// ARGV[2] with expiry ARGV[3] ms, and returns 1. It also returns 1, writing
+// nothing, when the key already holds exactly ARGV[2], so that a commit
+// retried after a lost reply (go-redis retries, or idem's own) reports
+// success instead of a lost lease. ARGV[2] carries this lease's token (see
+// recordValue), so only this lease's own commit matches: a lease that
+// expired and was taken over, whose record has the same bytes as the one the
+// new holder committed, gets 0. Otherwise it returns 0 and writes nothing.
 var commitScript = redis.NewScript(`
 local v = redis.call("GET", KEYS[1])
+if v == ARGV[1] then
+	redis.call("SET", KEYS[1], ARGV[2], "PX", ARGV[3])
+	return 1
+end
 if v == ARGV[2] then return 1 end
-if v ~= ARGV[1] then return 0 end
-redis.call("SET", KEYS[1], ARGV[2], "PX", ARGV[3])
-return 1
+return 0
 `)
 
 // An Option configures a Store.
@@ -191,15 +215,22 @@ func (p *peek) Eval(ctx context.Context, script string, keys []string, args ...a
 	return cmd
 }
 
+// recordValue is what a lease with token stores for record: recordMark,
+// the token without its leaseMark, and the record.
+func recordValue(token string, record []byte) string {
+	return recordMark + token[len(leaseMark):] + string(record)
+}
+
 // parse interprets a value read from a key.
 func parse(v string) idem.Acquisition {
 	switch {
-	case strings.HasPrefix(v, recordMark):
-		return idem.Acquisition{Record: []byte(v[len(recordMark):])}
+	case strings.HasPrefix(v, recordMark) && len(v) >= recordHead:
+		return idem.Acquisition{Record: []byte(v[recordHead:])}
 	case strings.HasPrefix(v, leaseMark) && len(v) >= tokenLen:
 		return idem.Acquisition{Holder: v[tokenLen:]}
 	default:
-		// Foreign data: hand it over as a record, which idem reports as
+		// Foreign data, or a record value too short to hold the token:
+		// hand it over as a record, which idem reports as
 		// ErrCorruptRecord.
 		return idem.Acquisition{Record: []byte(v)}
 	}
@@ -274,10 +305,13 @@ func (l *lease) Refresh(ctx context.Context, ttl time.Duration) error {
 	return leaseErr(l.lock.Refresh(ctx, ttl, nil))
 }
 
-// Commit implements idem.Lease in one round trip.
+// Commit implements idem.Lease in one round trip. A repeated Commit of the
+// same record by the same lease succeeds; a Commit by a lease that expired
+// returns idem.ErrLeaseLost, also when the key now holds the same record
+// bytes committed by whoever took it over.
 func (l *lease) Commit(ctx context.Context, record []byte, ttl time.Duration) error {
 	value := l.lock.Token() + l.lock.Metadata()
-	n, err := commitScript.Run(ctx, l.s.client, []string{l.lock.Key()}, value, recordMark+string(record), millis(ttl)).Int()
+	n, err := commitScript.Run(ctx, l.s.client, []string{l.lock.Key()}, value, recordValue(l.lock.Token(), record), millis(ttl)).Int()
 	if err != nil {
 		return wrapErr(err)
 	}

@@ -146,8 +146,14 @@ func TestRecordMemory(t *testing.T) {
 		t.Fatal(err)
 	}
 	payload, _ := codec.MsgPack{}.Marshal(res)
-	t.Logf("record for a %d-byte msgpack result: value %d bytes (header %d), key %d bytes, MEMORY USAGE %d bytes",
-		len(payload), len(value), len(value)-len(payload), len(key), usage)
+	// The value is "\x00R", the committing lease's 22-byte token, then
+	// idem's record: its header and the payload.
+	const head = 2 + 22
+	if len(value) < head+len(payload) || value[:2] != "\x00R" || value[len(value)-len(payload):] != string(payload) {
+		t.Fatalf("stored value %q; want \\x00R, a 22-byte token, a header, the payload", value)
+	}
+	t.Logf("record for a %d-byte msgpack result: value %d bytes (mark and token %d, record header %d, payload %d), key %d bytes, MEMORY USAGE %d bytes",
+		len(payload), len(value), head, len(value)-head-len(payload), len(payload), len(key), usage)
 	if overhead := int(usage) - len(value) - len(key); overhead > 128 {
 		t.Errorf("Redis overhead per record is %d bytes beyond key and value, want <= 128", overhead)
 	}
