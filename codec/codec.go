@@ -4,6 +4,14 @@
 // default) and JSON are ready to use. A record is tagged with the Name of the
 // codec that wrote it, so reading it with another codec is reported as an
 // error rather than decoded into garbage.
+//
+// Neither codec lets a value or stored bytes crash the process: Marshal
+// refuses a value nested more than MaxDepth levels deep or holding a
+// pointer cycle, and Unmarshal data nested more than MaxDepth levels deep,
+// with an error wrapping ErrTooDeep, where the encoders would recurse
+// until the stack overflows. The check walks only values whose type allows
+// them to be deep or cyclic (a recursive type, or one holding interfaces);
+// for others it costs a cache lookup.
 package codec
 
 import (
@@ -35,10 +43,31 @@ type MsgPack struct{}
 func (MsgPack) Name() string { return "msgpack" }
 
 // Marshal encodes v with msgpack. It refuses values that Unmarshal would
-// not accept back: those holding msgpack extension types other than
-// time.Time (types registered with msgpack.RegisterExt). Storing them would
-// give a record that can never be replayed.
-func (MsgPack) Marshal(v any) ([]byte, error) {
+// not accept back, since storing them would give a record that can never
+// be replayed: those holding msgpack extension types other than time.Time
+// (types registered with msgpack.RegisterExt), and those nested more than
+// MaxDepth levels deep. It also refuses values on which msgpack/v5 would
+// overflow the stack: those holding a pointer cycle, and those holding a
+// struct type that embeds itself (type T struct{ *T }) or a pointer type
+// that points to itself (type P *P). Those errors wrap ErrTooDeep.
+//
+// The walk that finds cycles follows what msgpack encodes: exported and
+// embedded fields not tagged msgpack:"-" (a parent back-pointer tagged so
+// is fine), pointers, interfaces, slices, arrays, map keys and values. It
+// stops at values that encode themselves (msgpack.CustomEncoder,
+// msgpack.Marshaler, encoding.BinaryMarshaler, encoding.TextMarshaler,
+// time.Time, error): a cycle inside them is theirs to handle.
+func (MsgPack) Marshal(v any) (_ []byte, err error) {
+	if _, err := msgpackDialect.check(v); err != nil {
+		return nil, err
+	}
+	defer func() {
+		// msgpack/v5 panics on some struct tags (",inline" on an embedded
+		// pointer, "intern" on a field that is no string).
+		if r := recover(); r != nil {
+			err = fmt.Errorf("codec: msgpack: encoding panicked: %v", r)
+		}
+	}()
 	b, err := msgpack.Marshal(v)
 	if err != nil {
 		return nil, err
@@ -51,9 +80,10 @@ func (MsgPack) Marshal(v any) ([]byte, error) {
 
 // Unmarshal decodes msgpack data into v.
 // Foreign or damaged bytes are checked first, so that they give an error
-// without the large allocations msgpack/v5 makes for declared lengths; a
-// panic inside msgpack/v5 on such bytes (it has some, found by fuzzing) is
-// returned as an error too.
+// without the large allocations msgpack/v5 makes for declared lengths, and
+// without its unbounded recursion on data nested more than MaxDepth levels
+// deep (that error wraps ErrTooDeep); a panic inside msgpack/v5 on such
+// bytes (it has some, found by fuzzing) is returned as an error too.
 func (MsgPack) Unmarshal(data []byte, v any) (err error) {
 	if err := checkMsgpack(data); err != nil {
 		return err
@@ -74,8 +104,36 @@ type JSON struct{}
 // Name returns "json".
 func (JSON) Name() string { return "json" }
 
-// Marshal encodes v with encoding/json.
-func (JSON) Marshal(v any) ([]byte, error) { return json.Marshal(v) }
+// Marshal encodes v with encoding/json. It refuses, with an error wrapping
+// ErrTooDeep, values nested more than MaxDepth levels deep (encoding/json
+// would overflow the stack on them, and refuse to decode them) and values
+// holding a pointer cycle. The walk follows what encoding/json encodes:
+// exported and embedded fields not tagged json:"-", pointers, interfaces,
+// slices, arrays and maps; it stops at json.Marshaler and
+// encoding.TextMarshaler values. When v holds a json.Marshaler, whose
+// output the walk does not see, the encoding's depth is checked too.
+func (JSON) Marshal(v any) ([]byte, error) {
+	opaque, err := jsonDialect.check(v)
+	if err != nil {
+		return nil, err
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	if opaque && jsonTooDeep(b) {
+		return nil, fmt.Errorf("%w (the encoding would not decode)", errJSONTooDeep(nil))
+	}
+	return b, nil
+}
 
-// Unmarshal decodes JSON data into v.
-func (JSON) Unmarshal(data []byte, v any) error { return json.Unmarshal(data, v) }
+// Unmarshal decodes JSON data into v. Data nested more than MaxDepth
+// levels deep, which encoding/json refuses, gives an error wrapping
+// ErrTooDeep (and the *json.SyntaxError).
+func (JSON) Unmarshal(data []byte, v any) error {
+	err := json.Unmarshal(data, v)
+	if err != nil && jsonTooDeep(data) {
+		return errJSONTooDeep(err)
+	}
+	return err
+}

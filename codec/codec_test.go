@@ -1,7 +1,9 @@
 package codec_test
 
 import (
+	"bytes"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -140,6 +142,11 @@ func FuzzUnmarshal(f *testing.F) {
 		f.Add(b)
 	}
 	f.Add([]byte{0xdd, 0x7f, 0xff, 0xff, 0xff})
+	// Nesting: past checkMsgpack's fixed stack, and past MaxDepth.
+	f.Add(append(bytes.Repeat([]byte{0x91}, 40), 0xc0))
+	f.Add(append(bytes.Repeat([]byte{0x81, 0xa1, 'k', 0x92, 0x90}, 40), 0xc0, 0xc0))
+	f.Add(append(bytes.Repeat([]byte{0x91}, codec.MaxDepth), 0xc0))
+	f.Add([]byte(strings.Repeat(`{"a":[`, 40) + strings.Repeat(`]}`, 40)))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		for _, c := range codecs() {
 			var v outer

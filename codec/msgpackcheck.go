@@ -14,22 +14,46 @@ var errMsgpack = errors.New("codec: msgpack: malformed data")
 // elements), so ten corrupt bytes could otherwise cost hundreds of megabytes;
 // after this check no container can claim more elements than there are bytes
 // left.
+//
+// It also fails, with an error wrapping ErrTooDeep, when maps and arrays
+// are nested more than MaxDepth levels deep: msgpack/v5 decodes them by
+// recursion and has no bound, so two million bytes of 0x91 would make it
+// overflow the stack. An empty map or array is a level too, as the walk of
+// Marshal counts it. The extension types, other than the timestamp, are
+// refused.
+//
+// For data nested at most 32 levels deep it allocates nothing.
 func checkMsgpack(b []byte) error {
-	pending := uint64(1) // values still to read
+	// open holds, for each map and array being read, outermost first, how
+	// many of its values are still to read. Exhausted ones are dropped
+	// before the next value is read, not as the last value starts (which
+	// may be a map or an array), so len(open) is the level of that value.
+	var stack [32]uint64
+	open := stack[:0]
+	pending := uint64(1) // values still to read, in all
 	for pending > 0 {
 		if len(b) == 0 {
 			return fmt.Errorf("%w: truncated", errMsgpack)
+		}
+		for len(open) > 0 && open[len(open)-1] == 0 {
+			open = open[:len(open)-1]
+		}
+		if len(open) > 0 {
+			open[len(open)-1]--
 		}
 		c := b[0]
 		b = b[1:]
 		pending--
 		var skip, count uint64 // bytes to skip; values this one contains
+		container := false     // a map or an array
 		switch {
 		case c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3:
 		case c&0xf0 == 0x80:
 			count = 2 * uint64(c&0x0f)
+			container = true
 		case c&0xf0 == 0x90:
 			count = uint64(c & 0x0f)
+			container = true
 		case c&0xe0 == 0xa0:
 			skip = uint64(c & 0x1f)
 		default:
@@ -70,14 +94,18 @@ func checkMsgpack(b []byte) error {
 				err = timestampExt(b, skip-1)
 			case 0xdc:
 				count, b, err = length(b, 2)
+				container = true
 			case 0xdd:
 				count, b, err = length(b, 4)
+				container = true
 			case 0xde:
 				n, b, err = length(b, 2)
 				count = 2 * n
+				container = true
 			case 0xdf:
 				n, b, err = length(b, 4)
 				count = 2 * n
+				container = true
 			default: // 0xc1 is never used
 				return fmt.Errorf("%w: byte %#x", errMsgpack, c)
 			}
@@ -93,8 +121,22 @@ func checkMsgpack(b []byte) error {
 		if pending > uint64(len(b)) {
 			return fmt.Errorf("%w: %d values declared, %d bytes left", errMsgpack, pending, len(b))
 		}
+		if container {
+			if len(open) >= MaxDepth {
+				return errMsgpackTooDeep
+			}
+			if count > 0 {
+				open = append(open, count)
+			}
+		}
 	}
 	return nil
+}
+
+// errMsgpackTooDeep is the error for data nested more than MaxDepth levels.
+var errMsgpackTooDeep error = &tooDeepError{
+	msg:   fmt.Sprintf("%v: nested more than %d levels deep", errMsgpack, MaxDepth),
+	cause: errMsgpack,
 }
 
 // timestampExt accepts only msgpack's timestamp extension (type -1, 4, 8 or
