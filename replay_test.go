@@ -224,3 +224,38 @@ func TestOperationsOfOtherTypes(t *testing.T) {
 		<-done
 	})
 }
+
+type listNode struct {
+	V    int
+	Next *listNode
+}
+
+// TestReplayDeepResult checks that a result as deep as the codec accepts
+// (a 9,000-node list: 9,000 levels, 18,000 steps with the pointers) is
+// stored and replayed, not refused by the replay check, and that a
+// difference is reported with its path.
+func TestReplayDeepResult(t *testing.T) {
+	var head *listNode
+	for i := range 9000 {
+		head = &listNode{V: i, Next: head}
+	}
+	got, info, err := storeAndReplay(t, idem.New[string, *listNode](memstore.New()), "k", head)
+	if err != nil || info.Outcome != idem.OutcomeReplayed {
+		t.Fatalf("deep list: %v, %v; want it stored and replayed", info.Outcome, err)
+	}
+	n := 0
+	for p := got; p != nil; p = p.Next {
+		n++
+	}
+	if n != 9000 || got.V != 8999 {
+		t.Fatalf("replayed %d nodes, head %d", n, got.V)
+	}
+
+	type inner struct{ V any }
+	type outer struct{ Items []inner }
+	_, _, err = storeAndReplay(t, idem.New[string, outer](memstore.New()), "k",
+		outer{Items: []inner{{"s"}, {map[string]any{"n": 1}}}})
+	if !errors.Is(err, idem.ErrNotStored) || !strings.Contains(err.Error(), `result.Items[1].V["n"]: int comes back as int8`) {
+		t.Fatalf("err = %v, want the path of the difference", err)
+	}
+}

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"math"
 	"reflect"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -14,35 +16,64 @@ import (
 // encode is the codec's Marshal.
 func checkReplay(a, b reflect.Value, encode func(any) ([]byte, error)) error {
 	c := sameChecker{encode: encode}
-	return c.same(a, b, "", 0)
+	if d := c.same(a, b, 0); d != nil {
+		return d
+	}
+	return nil
 }
 
-// maxCheckDepth bounds the comparison; the codecs refuse deeper values
-// before it is reached.
-const maxCheckDepth = 10_000
+// maxCheckDepth bounds the comparison, in steps that count pointers and
+// interfaces as well as containers: the codecs refuse values deeper than
+// codec.MaxDepth containers (and 40,000 steps) before it is reached.
+const maxCheckDepth = 40_000
+
+// diff is where, and how, a replayed value differs. The path is built as
+// the comparison unwinds, innermost segment first, so that a comparison
+// that finds no difference builds none.
+type diff struct {
+	path []string
+	msg  string
+}
+
+func mismatch(format string, args ...any) *diff { return &diff{msg: fmt.Sprintf(format, args...)} }
+
+// at adds the segment seg (".Field", "[3]") in front of d's path.
+func (d *diff) at(seg string) *diff {
+	d.path = append(d.path, seg)
+	return d
+}
+
+func (d *diff) Error() string {
+	var b strings.Builder
+	b.WriteString("result")
+	for i := len(d.path) - 1; i >= 0; i-- {
+		b.WriteString(d.path[i])
+	}
+	return b.String() + ": " + d.msg
+}
 
 type sameChecker struct {
 	encode func(any) ([]byte, error)
 }
 
-func (c *sameChecker) same(a, b reflect.Value, path string, depth int) error {
+func (c *sameChecker) same(a, b reflect.Value, depth int) *diff {
 	if depth > maxCheckDepth {
-		return fmt.Errorf("%s: nested deeper than %d levels", pathOr(path), maxCheckDepth)
+		return mismatch("nested deeper than %d levels", maxCheckDepth)
 	}
 	if a.IsValid() != b.IsValid() {
-		return fmt.Errorf("%s: %s comes back as %s", pathOr(path), describe(a), describe(b))
+		return mismatch("%s comes back as %s", describe(a), describe(b))
 	}
 	if !a.IsValid() {
 		return nil
 	}
 	if a.Type() != b.Type() {
-		return fmt.Errorf("%s: %s comes back as %s", pathOr(path), a.Type(), b.Type())
+		return mismatch("%s comes back as %s", a.Type(), b.Type())
 	}
 	t := a.Type()
 	if t == timeType && !a.CanInterface() {
 		// Reached through an unexported field, which no codec stores.
 		if !a.IsZero() || !b.IsZero() {
-			return fmt.Errorf("%s: an unexported time.Time is not stored", pathOr(path))
+			return mismatch("an unexported time.Time is not stored")
 		}
 		return nil
 	}
@@ -51,8 +82,8 @@ func (c *sameChecker) same(a, b reflect.Value, path string, depth int) error {
 		_, oa := ta.Zone()
 		_, ob := tb.Zone()
 		if !ta.Equal(tb) || oa != ob {
-			return fmt.Errorf("%s: time %s comes back as %s (the codec keeps the instant; return times in UTC or time.Local, or use a codec that keeps the offset, such as codec.JSON)",
-				pathOr(path), ta.Format(time.RFC3339Nano), tb.Format(time.RFC3339Nano))
+			return mismatch("time %s comes back as %s (the codec keeps the instant; return times in UTC or time.Local, or use a codec that keeps the offset, such as codec.JSON)",
+				ta.Format(time.RFC3339Nano), tb.Format(time.RFC3339Nano))
 		}
 		return nil
 	}
@@ -60,115 +91,108 @@ func (c *sameChecker) same(a, b reflect.Value, path string, depth int) error {
 		ea, errA := c.encode(a.Interface())
 		eb, errB := c.encode(b.Interface())
 		if errA != nil || errB != nil || !bytes.Equal(ea, eb) {
-			return fmt.Errorf("%s: %s encodes differently once replayed", pathOr(path), t)
+			return mismatch("%s encodes differently once replayed", t)
 		}
 		return nil
 	}
 	switch t.Kind() {
 	case reflect.Bool:
 		if a.Bool() != b.Bool() {
-			return differ(path, a, b)
+			return differ(a, b)
 		}
 	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
 		if a.Int() != b.Int() {
-			return differ(path, a, b)
+			return differ(a, b)
 		}
 	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr:
 		if a.Uint() != b.Uint() {
-			return differ(path, a, b)
+			return differ(a, b)
 		}
 	case reflect.Float32, reflect.Float64:
 		if math.Float64bits(a.Float()) != math.Float64bits(b.Float()) {
-			return differ(path, a, b)
+			return differ(a, b)
 		}
 	case reflect.Complex64, reflect.Complex128:
 		ca, cb := a.Complex(), b.Complex()
 		if math.Float64bits(real(ca)) != math.Float64bits(real(cb)) || math.Float64bits(imag(ca)) != math.Float64bits(imag(cb)) {
-			return differ(path, a, b)
+			return differ(a, b)
 		}
 	case reflect.String:
 		if a.String() != b.String() {
-			return differ(path, a, b)
+			return differ(a, b)
 		}
 	case reflect.Pointer:
 		if a.IsNil() || b.IsNil() {
 			if a.IsNil() != b.IsNil() {
-				return fmt.Errorf("%s: nil-ness of %s changes", pathOr(path), t)
+				return mismatch("nil-ness of %s changes", t)
 			}
 			return nil
 		}
 		if a.UnsafePointer() == b.UnsafePointer() {
 			return nil
 		}
-		return c.same(a.Elem(), b.Elem(), path, depth+1)
+		return c.same(a.Elem(), b.Elem(), depth+1)
 	case reflect.Interface:
 		if a.IsNil() || b.IsNil() {
 			if a.IsNil() != b.IsNil() {
-				return fmt.Errorf("%s: %s comes back as %s", pathOr(path), describe(a.Elem()), describe(b.Elem()))
+				return mismatch("%s comes back as %s", describe(a.Elem()), describe(b.Elem()))
 			}
 			return nil
 		}
-		return c.same(a.Elem(), b.Elem(), path, depth+1)
+		return c.same(a.Elem(), b.Elem(), depth+1)
 	case reflect.Slice:
 		if a.IsNil() != b.IsNil() {
-			return fmt.Errorf("%s: a nil %s and an empty one are told apart", pathOr(path), t)
+			return mismatch("a nil %s and an empty one are told apart", t)
 		}
 		if a.Len() != b.Len() {
-			return fmt.Errorf("%s: length %d comes back as %d", pathOr(path), a.Len(), b.Len())
+			return mismatch("length %d comes back as %d", a.Len(), b.Len())
 		}
 		if t.Elem().Kind() == reflect.Uint8 {
 			if !bytes.Equal(a.Bytes(), b.Bytes()) {
-				return fmt.Errorf("%s: bytes differ", pathOr(path))
+				return mismatch("bytes differ")
 			}
 			return nil
 		}
 		fallthrough
 	case reflect.Array:
 		for i := range a.Len() {
-			if err := c.same(a.Index(i), b.Index(i), fmt.Sprintf("%s[%d]", path, i), depth+1); err != nil {
-				return err
+			if d := c.same(a.Index(i), b.Index(i), depth+1); d != nil {
+				return d.at("[" + strconv.Itoa(i) + "]")
 			}
 		}
 	case reflect.Map:
 		if a.IsNil() != b.IsNil() {
-			return fmt.Errorf("%s: a nil %s and an empty one are told apart", pathOr(path), t)
+			return mismatch("a nil %s and an empty one are told apart", t)
 		}
 		if a.Len() != b.Len() {
-			return fmt.Errorf("%s: %d entries come back as %d", pathOr(path), a.Len(), b.Len())
+			return mismatch("%d entries come back as %d", a.Len(), b.Len())
 		}
 		it := a.MapRange()
 		for it.Next() {
 			bv := b.MapIndex(it.Key())
 			if !bv.IsValid() {
-				return fmt.Errorf("%s: key %v does not come back", pathOr(path), describe(it.Key()))
+				return mismatch("key %v does not come back", describe(it.Key()))
 			}
-			if err := c.same(it.Value(), bv, fmt.Sprintf("%s[%v]", path, describe(it.Key())), depth+1); err != nil {
-				return err
+			if d := c.same(it.Value(), bv, depth+1); d != nil {
+				return d.at("[" + describe(it.Key()) + "]")
 			}
 		}
 	case reflect.Struct:
 		for i := range t.NumField() {
-			if err := c.same(a.Field(i), b.Field(i), path+"."+t.Field(i).Name, depth+1); err != nil {
-				return err
+			if d := c.same(a.Field(i), b.Field(i), depth+1); d != nil {
+				return d.at("." + t.Field(i).Name)
 			}
 		}
 	default: // func, chan, unsafe pointer: only nil survives a codec
 		if !a.IsNil() || !b.IsNil() {
-			return fmt.Errorf("%s: a %s cannot be stored", pathOr(path), t)
+			return mismatch("a %s cannot be stored", t)
 		}
 	}
 	return nil
 }
 
-func pathOr(p string) string {
-	if p == "" {
-		return "result"
-	}
-	return "result" + p
-}
-
-func differ(path string, a, b reflect.Value) error {
-	return fmt.Errorf("%s: %s comes back as %s", pathOr(path), describe(a), describe(b))
+func differ(a, b reflect.Value) *diff {
+	return mismatch("%s comes back as %s", describe(a), describe(b))
 }
 
 // describe shows a value for an error message: its type, and the value
