@@ -193,7 +193,7 @@ func testConcurrentWait(t *testing.T, newStore newStoreFunc) {
 // testSlowerThanLease runs a handler for four times the lease TTL: the
 // lease is refreshed, so duplicates never run it again.
 func testSlowerThanLease(t *testing.T, newStore newStoreFunc) {
-	const lease, run = 300 * time.Millisecond, 1200 * time.Millisecond
+	const lease, run = 200 * time.Millisecond, 800 * time.Millisecond
 	store := newStore(t)
 	var started atomic.Int64
 	var finished atomic.Bool

@@ -15,11 +15,13 @@ package redistest
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -49,8 +51,19 @@ var servers struct {
 }
 
 // Main runs the tests and stops every server they started.
+//
+// The suites that use it mostly wait on leases and TTLs rather than
+// compute, so unless -test.parallel is given, Main lets 4 parallel tests
+// run at once instead of GOMAXPROCS (2 on CI), which would otherwise pair
+// up sleeping tests.
 func Main(m *testing.M) int {
 	defer stopAll()
+	flag.Parse()
+	given := false
+	flag.Visit(func(f *flag.Flag) { given = given || f.Name == "test.parallel" })
+	if f := flag.Lookup("test.parallel"); f != nil && !given && runtime.GOMAXPROCS(0) < 4 {
+		_ = f.Value.Set("4")
+	}
 	return m.Run()
 }
 
