@@ -164,7 +164,7 @@ func (s *Store) Acquire(ctx context.Context, key, fingerprint string, ttl time.D
 			return idem.Acquisition{}, err
 		}
 		p := &peek{UniversalClient: s.client, key: rkey}
-		lock, err := redislock.New(p).Obtain(ctx, rkey, ttl, &redislock.Options{Token: token, Metadata: fingerprint})
+		lock, err := redislock.New(p).Obtain(ctx, rkey, ceilMillis(ttl), &redislock.Options{Token: token, Metadata: fingerprint})
 		switch {
 		case err == nil:
 			return idem.Acquisition{Lease: &lease{s: s, lock: lock}}, nil
@@ -276,6 +276,14 @@ func wrapErr(err error) error {
 // millis converts d to whole milliseconds for PX, at least 1.
 func millis(d time.Duration) int64 { return max(1, d.Milliseconds()) }
 
+// ceilMillis rounds d up to a whole number of milliseconds, at least one:
+// redislock truncates lease TTLs to milliseconds, which would make a lease
+// up to 1 ms shorter than idem's keep-alive assumes, and turn a refresh
+// below 1 ms into PEXPIRE 0, deleting the lease while reporting success.
+func ceilMillis(d time.Duration) time.Duration {
+	return max(time.Millisecond, (d + time.Millisecond - 1).Truncate(time.Millisecond))
+}
+
 func newToken() (string, error) {
 	var b [16]byte
 	if _, err := rand.Read(b[:]); err != nil {
@@ -302,7 +310,7 @@ func leaseErr(err error) error {
 
 // Refresh implements idem.Lease through redislock.
 func (l *lease) Refresh(ctx context.Context, ttl time.Duration) error {
-	return leaseErr(l.lock.Refresh(ctx, ttl, nil))
+	return leaseErr(l.lock.Refresh(ctx, ceilMillis(ttl), nil))
 }
 
 // Commit implements idem.Lease in one round trip. A repeated Commit of the

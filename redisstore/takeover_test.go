@@ -122,3 +122,26 @@ func TestTakeoverWithSameResult(t *testing.T) {
 		})
 	}
 }
+
+// TestSubMillisecondTTL checks that lease TTLs are rounded up to whole
+// milliseconds: a refresh for less than one must keep the lease, not send
+// PEXPIRE 0 and delete it while reporting success.
+func TestSubMillisecondTTL(t *testing.T) {
+	s := redisstore.New(redistest.Single(t))
+	ctx := context.Background()
+	key := fmt.Sprintf("submilli:%d", time.Now().UnixNano())
+	a, err := s.Acquire(ctx, key, "fp", 1500*time.Microsecond)
+	if err != nil || a.Lease == nil {
+		t.Fatalf("Acquire: %+v, %v", a, err)
+	}
+	if err := a.Lease.Refresh(ctx, 500*time.Microsecond); err != nil {
+		t.Fatal(err)
+	}
+	b, err := s.Acquire(ctx, key, "other", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Lease != nil {
+		t.Fatal("a refresh below 1 ms deleted the lease: another caller acquired the key at once")
+	}
+}
