@@ -10,26 +10,36 @@ var ErrReplayed = errors.New("idem: replayed error")
 // whatever WithDisposition says: Do stores it, and replays it to later calls
 // with the same key as a *ReplayedError. The call that ran fn gets err itself
 // back (errors.Is and errors.As see through the marking). Final(nil)
-// returns nil.
-func Final(err error) error {
+// returns nil. It is Dispose(err, Record).
+func Final(err error) error { return Dispose(err, Record) }
+
+// Dispose marks err with the disposition d, which Do applies to it whatever
+// WithDisposition says: for an fn that knows what its failure means, such
+// as an adapter that decided by a status code. The call that ran fn gets err
+// itself back (errors.Is and errors.As see through the marking).
+// Dispose(nil, d) returns nil.
+func Dispose(err error, d Disposition) error {
 	if err == nil {
 		return nil
 	}
-	return &finalError{err}
+	return &disposedError{err, d}
 }
 
-type finalError struct{ err error }
+type disposedError struct {
+	err error
+	d   Disposition
+}
 
-func (e *finalError) Error() string { return e.err.Error() }
-func (e *finalError) Unwrap() error { return e.err }
+func (e *disposedError) Error() string { return e.err.Error() }
+func (e *disposedError) Unwrap() error { return e.err }
 
-// dispose returns the disposition of fn's error err: Record for errors
-// marked with Final, else what decide says, else Release.
+// dispose returns the disposition of fn's error err: the one it was marked
+// with (Final, Dispose), else what decide says, else Release.
 func dispose(err error, decide func(error) Disposition) Disposition {
-	var f *finalError
+	var de *disposedError
 	switch {
-	case errors.As(err, &f):
-		return Record
+	case errors.As(err, &de):
+		return de.d
 	case decide != nil:
 		return decide(err)
 	}

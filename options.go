@@ -150,8 +150,8 @@ func WithFingerprint[Req any](f func(Req) ([]byte, error)) Option {
 // WithDisposition sets what happens to fn's errors: decide returns Record
 // (store the error and replay it, as Stripe stores a declined charge),
 // Release (store nothing; a retry runs fn again) or Hold (store nothing, and
-// refuse the key until the lease expires). Errors marked with Final are
-// recorded whatever decide says. The default, and a nil decide, releases
+// refuse the key until the lease expires). Errors marked with Final
+// (recorded) or Dispose keep their mark whatever decide says. The default, and a nil decide, releases
 // every other error. decide must be safe for concurrent use; if it panics,
 // the key is held.
 func WithDisposition(decide func(err error) Disposition) Option {

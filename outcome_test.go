@@ -244,3 +244,35 @@ func TestPausedButLeaseLive(t *testing.T) {
 		}
 	})
 }
+
+// TestDisposeOverridesDecision checks that an error marked with Dispose
+// keeps its disposition whatever WithDisposition decides, and that the
+// caller gets fn's own error back.
+func TestDisposeOverridesDecision(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx := context.Background()
+		op := idem.New[string, int](memstore.New(), idem.WithLockTTL(time.Second),
+			idem.WithDisposition(func(error) idem.Disposition { return idem.Record }))
+		cause := errors.New("timeout")
+		for key, tc := range map[string]struct {
+			mark  idem.Disposition
+			want  idem.Outcome
+			retry idem.Outcome
+		}{
+			"held":     {idem.Hold, idem.OutcomeHeld, idem.OutcomeInFlight},
+			"released": {idem.Release, idem.OutcomeFnError, idem.OutcomeExecuted},
+			"recorded": {idem.Record, idem.OutcomeFinalError, idem.OutcomeReplayed},
+		} {
+			_, info, err := op.DoInfo(ctx, key, "r", func(context.Context, string) (int, error) { return 0, idem.Dispose(cause, tc.mark) })
+			if info.Outcome != tc.want || !errors.Is(err, cause) {
+				t.Errorf("%s: %v, %v; want %v and fn's error", key, info.Outcome, err, tc.want)
+			}
+			if _, info, _ := op.DoInfo(ctx, key, "r", func(context.Context, string) (int, error) { return 1, nil }); info.Outcome != tc.retry {
+				t.Errorf("%s: retry %v, want %v", key, info.Outcome, tc.retry)
+			}
+		}
+		if idem.Dispose(nil, idem.Hold) != nil || idem.Final(nil) != nil {
+			t.Error("marking a nil error is not nil")
+		}
+	})
+}

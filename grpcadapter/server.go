@@ -56,23 +56,11 @@ func fingerprint(c call) ([]byte, error) {
 	return proto.MarshalOptions{Deterministic: true}.MarshalAppend(b, c.req)
 }
 
-// unstored is what the Operation's function returns for a handler error
-// that is not to be recorded: idem releases or holds the key, as disposition
-// says. The handler's error itself is kept aside: idem would store one as
-// text, without its status.
-type unstored struct{ disposition idem.Disposition }
-
-func (u *unstored) Error() string {
-	return "grpcadapter: error " + u.disposition.String() + "d, not stored"
-}
-
-// coreDisposition hands idem the disposition the function decided.
-func coreDisposition(err error) idem.Disposition {
-	if u := (*unstored)(nil); errors.As(err, &u) {
-		return u.disposition
-	}
-	return idem.Release
-}
+// errUnstored is what the Operation's function returns, marked with its
+// disposition (idem.Dispose), for a handler error that is not to be
+// recorded: idem releases or holds the key. The handler's error itself is
+// kept aside: idem would store one as text, without its status.
+var errUnstored = errors.New("grpcadapter: error not recorded")
 
 type server struct {
 	cfg        *config
@@ -110,7 +98,7 @@ func newServer(store idem.Store, opts []Option) *server {
 	core := make([]idem.Option, 0, len(cfg.core)+3)
 	core = append(core, idem.WithNamespace(DefaultNamespace))
 	core = append(core, cfg.core...)
-	core = append(core, idem.WithFingerprint(fingerprint), idem.WithDisposition(coreDisposition))
+	core = append(core, idem.WithFingerprint(fingerprint), idem.WithDisposition(nil)) // the function marks what it does not record
 	op := idem.New[call, *response](store, core...)
 	errs := append(cfg.errs, op.Err())
 	return &server{cfg: cfg, op: op, err: errors.Join(errs...), scopeCheck: !cfg.scopeSet}
@@ -175,7 +163,7 @@ func (s *server) do(ctx context.Context, method, key string, req proto.Message, 
 	})
 	switch info.Outcome {
 	case idem.OutcomeExecuted, idem.OutcomeFinalError, idem.OutcomeFnError, idem.OutcomeHeld, idem.OutcomeNotStored:
-		if u := (*unstored)(nil); err != nil && !errors.As(err, &u) {
+		if err != nil && !errors.Is(err, errUnstored) {
 			// The outcome could not be stored (idem.ErrNotStored) or
 			// encoded; the handler ran all the same.
 			s.report(ctx, method, err)
@@ -236,7 +224,7 @@ func (s *server) storable(method string, out any, herr error, capt *capture) (*r
 			st = status.FromContextError(herr) // as grpc does
 		}
 		if d := s.cfg.dispose(st); d != idem.Record {
-			return nil, &unstored{d}
+			return nil, idem.Dispose(errUnstored, d)
 		}
 		b, err := proto.Marshal(st.Proto())
 		if err != nil {

@@ -131,22 +131,11 @@ const (
 	StatusHit = "hit"
 )
 
-// unstored is what the Operation's function returns, with the response,
-// for a response that is not to be recorded: idem releases or holds the key,
-// as disposition says, and Do returns the response.
-type unstored struct{ disposition idem.Disposition }
-
-func (u *unstored) Error() string {
-	return "httpadapter: response " + u.disposition.String() + "d, not stored"
-}
-
-// coreDisposition hands idem the disposition the function decided.
-func coreDisposition(err error) idem.Disposition {
-	if u := (*unstored)(nil); errors.As(err, &u) {
-		return u.disposition
-	}
-	return idem.Release
-}
+// errUnstored is what the Operation's function returns, marked with its
+// disposition (idem.Dispose) and with the response, for a response that is
+// not to be recorded: idem releases or holds the key, and Do returns the
+// response.
+var errUnstored = errors.New("httpadapter: response not recorded")
 
 type middleware struct {
 	cfg        *config
@@ -184,7 +173,8 @@ func newMiddleware(store idem.Store, opts []Option) *middleware {
 	coreOpts = append(coreOpts, cfg.core...)
 	coreOpts = append(coreOpts,
 		idem.WithFingerprint(fingerprinter(cfg.fpHeaders)),
-		idem.WithDisposition(coreDisposition),
+		idem.WithDisposition(nil), // the function marks what it does not record
+
 	)
 	op := idem.New[*request, *response](store, coreOpts...)
 	errs := append(cfg.errs, op.Err())
@@ -283,9 +273,9 @@ func (m *middleware) do(w http.ResponseWriter, r *http.Request, next http.Handle
 			ran = rec.result()
 			switch d := m.cfg.dispose(ran.Status); {
 			case implicit && ctx.Err() != nil && m.cfg.abandoned != idem.Record:
-				return nil, &unstored{m.cfg.abandoned}
+				return nil, idem.Dispose(errUnstored, m.cfg.abandoned)
 			case d != idem.Record:
-				return nil, &unstored{d}
+				return nil, idem.Dispose(errUnstored, d)
 			}
 			s := storable(ran, m.cfg.excluded)
 			s.Method, s.Path = method, path
