@@ -45,7 +45,10 @@ func (missingInterceptor) RequireTransportSecurity() bool { return false }
 // InvalidArgument and reason ReasonKeyInvalid, if key is not 1 to
 // idem.MaxKeyLen printable ASCII characters, as the server and metadata
 // require. On a connection without that interceptor the call fails with
-// FailedPrecondition, unsent, instead of going out without its key.
+// Internal, unsent (grpc-go turns the FailedPrecondition that says why into
+// Internal, keeping the message), instead of going out without its key. A
+// grpc.PerRPCCredentials call option given after CallKey replaces the
+// credentials that do this, and defeats the check.
 func CallKey(key string) grpc.CallOption {
 	return keyOption{PerRPCCredsCallOption: grpc.PerRPCCredsCallOption{Creds: missingInterceptor{}}, key: key}
 }

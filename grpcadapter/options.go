@@ -226,7 +226,9 @@ func WithScope(f func(ctx context.Context) string) Option {
 // expires, a lease TTL at most, for outcomes whose side effects are
 // unknown, such as a DeadlineExceeded from a downstream call. Responses are
 // always recorded. The default is DefaultDisposition, which releases every
-// error; nil restores it. decide may be called concurrently. Server only.
+// error; nil restores it. decide may be called concurrently; if it panics,
+// nothing is stored, the key is held (the handler ran), and the panic
+// continues. Server only.
 func WithDisposition(decide func(st *status.Status) idem.Disposition) Option {
 	return func(c *config) {
 		c.server("WithDisposition")

@@ -152,15 +152,19 @@ func (s *server) intercept(ctx context.Context, req any, info *grpc.UnaryServerI
 // do runs the handler under key, or replays its stored outcome.
 func (s *server) do(ctx context.Context, method, key string, req proto.Message, handler grpc.UnaryHandler) (any, error) {
 	var (
-		out  any      // the handler's response, when it ran in this call
-		herr error    // its error
-		capt *capture // the metadata it set
+		out    any      // the handler's response, when it ran in this call
+		herr   error    // its error
+		capt   *capture // the metadata it set
+		dpanic any      // what the disposition function panicked with
 	)
 	resp, info, err := s.op.DoInfo(ctx, key, call{method, req}, func(ctx context.Context, c call) (*response, error) {
 		ctx, capt = withCapture(ctx)
 		out, herr = handler(ctx, c.req)
-		return s.storable(c.method, out, herr, capt)
+		return s.storable(c.method, out, herr, capt, &dpanic)
 	})
+	if dpanic != nil {
+		panic(dpanic) // the key is held
+	}
 	switch info.Outcome {
 	case idem.OutcomeExecuted, idem.OutcomeFinalError, idem.OutcomeFnError, idem.OutcomeHeld, idem.OutcomeNotStored:
 		if err != nil && !errors.Is(err, errUnstored) {
@@ -217,13 +221,17 @@ func setMarks(ctx context.Context, marks, header, trailer metadata.MD, isErr boo
 
 // storable returns what to store for the handler's outcome, or an error if
 // nothing is to be stored.
-func (s *server) storable(method string, out any, herr error, capt *capture) (*response, error) {
+func (s *server) storable(method string, out any, herr error, capt *capture, dpanic *any) (*response, error) {
 	if herr != nil {
 		st, ok := status.FromError(herr)
 		if !ok {
 			st = status.FromContextError(herr) // as grpc does
 		}
-		if d := s.cfg.dispose(st); d != idem.Record {
+		d, p := decide(s.cfg.dispose, st)
+		if p != nil {
+			*dpanic = p
+		}
+		if d != idem.Record {
 			return nil, idem.Dispose(errUnstored, d)
 		}
 		b, err := proto.Marshal(st.Proto())
@@ -271,6 +279,19 @@ func (s *server) refuse(ctx context.Context, method string, outcome idem.Outcome
 		s.report(ctx, method, err)
 		return errInternal()
 	}
+}
+
+// decide calls f(v). A panic of f becomes the Hold disposition, with the
+// value it panicked with, which the caller raises again once idem has held
+// the key: the handler ran, so its effect stands, and an immediate retry
+// must not run it again.
+func decide[T any](f func(T) idem.Disposition, v T) (d idem.Disposition, p any) {
+	defer func() {
+		if p = recover(); p != nil {
+			d = idem.Hold
+		}
+	}()
+	return f(v), nil
 }
 
 func (s *server) report(ctx context.Context, method string, err error) {

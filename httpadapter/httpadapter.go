@@ -261,6 +261,7 @@ func (m *middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 // answers the client.
 func (m *middleware) do(w http.ResponseWriter, r *http.Request, next http.Handler, rawKey, key string, req *request) {
 	var ran *response // what the handler produced, when it ran in this call
+	var dpanic any    // what the disposition function panicked with
 	// Taken before the handler runs, which could change r.URL in place.
 	method, path := r.Method, r.URL.EscapedPath()
 	resp, info, err := m.op.DoInfo(r.Context(), key, req,
@@ -271,7 +272,11 @@ func (m *middleware) do(w http.ResponseWriter, r *http.Request, next http.Handle
 			next.ServeHTTP(rec, r2)
 			implicit := rec.status == 0
 			ran = rec.result()
-			switch d := m.cfg.dispose(ran.Status); {
+			d, p := decide(m.cfg.dispose, ran.Status)
+			switch {
+			case p != nil:
+				dpanic = p
+				return nil, idem.Dispose(errUnstored, idem.Hold)
 			case implicit && ctx.Err() != nil && m.cfg.abandoned != idem.Record:
 				return nil, idem.Dispose(errUnstored, m.cfg.abandoned)
 			case d != idem.Record:
@@ -281,6 +286,9 @@ func (m *middleware) do(w http.ResponseWriter, r *http.Request, next http.Handle
 			s.Method, s.Path = method, path
 			return s, nil
 		})
+	if dpanic != nil {
+		panic(dpanic) // the key is held
+	}
 
 	mk := marks{key: rawKey, signature: info.Fingerprint}
 	switch info.Outcome {
@@ -323,6 +331,19 @@ func (m *middleware) do(w http.ResponseWriter, r *http.Request, next http.Handle
 		mk.set(w.Header())
 		m.fail(w, r, err)
 	}
+}
+
+// decide calls f(v). A panic of f becomes the Hold disposition, with the
+// value it panicked with, which the caller raises again once idem has held
+// the key: the handler ran, so its effect stands, and an immediate retry
+// must not run it again.
+func decide[T any](f func(T) idem.Disposition, v T) (d idem.Disposition, p any) {
+	defer func() {
+		if p = recover(); p != nil {
+			d = idem.Hold
+		}
+	}()
+	return f(v), nil
 }
 
 // fail answers with a 500 problem, and reports err.

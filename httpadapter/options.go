@@ -238,7 +238,8 @@ func WithMaxBodyBytes(n int64) Option {
 // handler called. Responses that are not recorded carry
 // X-Idempotency-Stored: false. The default is DefaultDisposition; nil
 // restores it. decide may be called concurrently; if it panics, nothing is
-// stored, the key is released, and the panic reaches net/http.
+// stored, the key is held (the handler ran), and the panic reaches
+// net/http.
 func WithDisposition(decide func(status int) idem.Disposition) Option {
 	return func(c *config) {
 		if decide == nil {
