@@ -35,6 +35,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/grpc"
+
 	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/memstore"
 	"github.com/idemkit/idem/redisstore"
@@ -146,6 +148,10 @@ func runDemo(ctx context.Context, w io.Writer, store idem.Store) error {
 
 // serveAPIs serves the HTTP and gRPC demo APIs until ctx ends.
 func serveAPIs(ctx context.Context, store idem.Store, httpAddr, grpcAddr string) error {
+	handler, gs, err := newServers(store)
+	if err != nil {
+		return err
+	}
 	hl, err := net.Listen("tcp", httpAddr)
 	if err != nil {
 		return err
@@ -153,14 +159,6 @@ func serveAPIs(ctx context.Context, store idem.Store, httpAddr, grpcAddr string)
 	gl, err := net.Listen("tcp", grpcAddr)
 	if err != nil {
 		hl.Close()
-		return err
-	}
-	handler, err := newHTTPHandler(store)
-	if err != nil {
-		return err
-	}
-	gs, err := newGRPCServer(store)
-	if err != nil {
 		return err
 	}
 	hs := &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second}
@@ -184,14 +182,23 @@ func serveAPIs(ctx context.Context, store idem.Store, httpAddr, grpcAddr string)
 	return err
 }
 
+// newServers builds the demo's HTTP handler and gRPC server on store.
+func newServers(store idem.Store) (http.Handler, *grpc.Server, error) {
+	handler, err := newHTTPHandler(store)
+	if err != nil {
+		return nil, nil, err
+	}
+	gs, err := newGRPCServer(store)
+	if err != nil {
+		return nil, nil, err
+	}
+	return handler, gs, nil
+}
+
 // runAdapterDemo starts the HTTP and gRPC demo servers on loopback ports,
 // shows a request, its retry and a reused key through each, and stops them.
 func runAdapterDemo(ctx context.Context, w io.Writer, store idem.Store) error {
-	handler, err := newHTTPHandler(store)
-	if err != nil {
-		return err
-	}
-	gs, err := newGRPCServer(store)
+	handler, gs, err := newServers(store)
 	if err != nil {
 		return err
 	}
