@@ -102,6 +102,12 @@ type Acquisition struct {
 	Lease Lease
 	// Holder is the fingerprint given by the caller holding the key.
 	Holder string
+	// TTL is how long Record had left to live when the store answered, by
+	// the store's own clock, or 0 when the store does not say. A store
+	// should fill it, rounded down, when it returns a Record: only then may
+	// WithLocalCache keep the record, as it must expire no later than the
+	// stored one.
+	TTL time.Duration
 }
 
 // Lease is the exclusive right to execute under one key, granted by
@@ -111,7 +117,9 @@ type Lease interface {
 	// Refresh extends the lease to ttl from now. It returns ErrLeaseLost
 	// when the key no longer holds this lease.
 	Refresh(ctx context.Context, ttl time.Duration) error
-	// Commit atomically replaces the lease with record, kept for ttl. It
+	// Commit atomically replaces the lease with record, kept for ttl. The
+	// store may keep record as it is: the caller does not modify it after
+	// Commit returns. It
 	// returns ErrLeaseLost, and writes nothing, when the key no longer holds
 	// this lease. Commit must be idempotent: Do retries a Commit that
 	// failed with another error (its reply may have been lost), so a Commit

@@ -116,7 +116,7 @@ func (s *Store) Acquire(ctx context.Context, key, fingerprint string, ttl time.D
 		if e.leased() {
 			return idem.Acquisition{Holder: e.fingerprint}, nil
 		}
-		return idem.Acquisition{Record: e.record}, nil
+		return idem.Acquisition{Record: e.record, TTL: e.expires.Sub(now)}, nil
 	}
 	if s.max > 0 && len(s.entries) >= s.max {
 		// Make room without relying on reclaim having run: drop an expired
@@ -263,7 +263,10 @@ func (l *lease) Commit(ctx context.Context, record []byte, ttl time.Duration) er
 	close(e.done)
 	e.committer = e.token
 	e.token, e.fingerprint, e.done = 0, "", nil
-	e.record = append(make([]byte, 0, len(record)), record...) // non-nil even when empty
+	e.record = record // the caller does not modify it (idem.Lease)
+	if e.record == nil {
+		e.record = []byte{} // a record, even when empty
+	}
 	e.expires = now.Add(ttl)
 	heap.Push(&l.s.records, e)
 	return nil

@@ -63,6 +63,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/bsm/redislock"
@@ -128,6 +129,9 @@ type Store struct {
 	client           redis.UniversalClient
 	prefix           string
 	pollMin, pollMax time.Duration
+	// legacy is set once the server refused SET NX GET (Redis before
+	// 7.0): Acquire then pipelines GET and redislock's obtain script.
+	legacy atomic.Bool
 }
 
 var _ idem.Store = (*Store)(nil)
@@ -152,66 +156,134 @@ func New(client redis.UniversalClient, opts ...Option) *Store {
 var errNilClient = errors.New("redisstore: nil redis client")
 
 // Acquire implements idem.Store in one round trip (rarely more, when the key
-// changes between the GET and the obtain of one attempt).
+// changes hands between the two commands of the older servers' pipeline).
 func (s *Store) Acquire(ctx context.Context, key, fingerprint string, ttl time.Duration) (idem.Acquisition, error) {
 	if s.client == nil {
 		return idem.Acquisition{}, errNilClient
 	}
 	rkey := s.prefix + key
+	ttl = ceilMillis(ttl)
 	for range 5 {
 		token, err := newToken()
 		if err != nil {
 			return idem.Acquisition{}, err
 		}
-		p := &peek{UniversalClient: s.client, key: rkey}
-		lock, err := redislock.New(p).Obtain(ctx, rkey, ceilMillis(ttl), &redislock.Options{Token: token, Metadata: fingerprint})
+		p := &peek{UniversalClient: s.client, s: s, key: rkey, value: token + fingerprint, ttl: ttl}
+		lock, err := redislock.New(p).Obtain(ctx, rkey, ttl, &redislock.Options{Token: token, Metadata: fingerprint})
 		switch {
 		case err == nil:
 			return idem.Acquisition{Lease: &lease{s: s, lock: lock}}, nil
-		case !errors.Is(err, redislock.ErrNotObtained) || p.get == nil:
+		case !errors.Is(err, redislock.ErrNotObtained) || !p.sent:
 			return idem.Acquisition{}, wrapErr(err)
-		}
-		v, err := p.get.Result()
-		switch {
-		case errors.Is(err, redis.Nil):
+		case p.err != nil:
+			return idem.Acquisition{}, wrapErr(p.err)
+		case !p.found:
 			continue // freed and taken again between the GET and the obtain
-		case err != nil:
-			return idem.Acquisition{}, wrapErr(err)
 		}
-		return parse(v), nil
+		a := parse(p.held)
+		if a.Record != nil && p.pttl != nil {
+			if d, err := p.pttl.Result(); err == nil && d > 0 {
+				a.TTL = d
+			}
+		}
+		return a, nil
 	}
 	return idem.Acquisition{}, fmt.Errorf("redisstore: key %q changed hands 5 times during one Acquire", key)
 }
 
-// peek is the redis.Scripter given to redislock for one Obtain: its first
-// script call travels in one pipeline with a GET of key, so that a failed
-// obtain costs no extra round trip to learn what holds the key. Later calls
-// (the Lock's refreshes and release) go straight through.
+// peek is the redis.Scripter given to redislock for one Obtain. It answers
+// the obtain script's call in the same round trip as a read of what holds
+// the key, and a PTTL of it, so that a failed obtain costs no extra round
+// trip to learn what holds the key, nor how long a record has to live.
+// Later calls (the Lock's refreshes and release) go straight through.
+//
+// On Redis 7.0 and newer it sends, instead of the obtain script, the plain
+// command SET key value NX GET PX ttl, which does what the script does for
+// a fresh token (set the lease if the key is absent) and returns what holds
+// the key otherwise: a replay costs the server two plain reads, no script.
+// Older servers answer that command with a syntax error (NX and GET
+// together came in 7.0); the Store then keeps to a pipeline of GET and the
+// obtain script, for this call and every later one.
 type peek struct {
 	redis.UniversalClient
-	key string
-	get *redis.StringCmd
+	s     *Store
+	key   string
+	value string        // the lease value: token and fingerprint
+	ttl   time.Duration // whole milliseconds
+
+	sent  bool               // the obtain was answered
+	found bool               // the key held something: held
+	held  string             // what the key held, if found
+	err   error              // reading the key failed
+	pttl  *redis.DurationCmd // the key's remaining TTL, after the obtain
 }
 
 func (p *peek) EvalSha(ctx context.Context, sha1 string, keys []string, args ...any) *redis.Cmd {
-	if p.get != nil {
+	if p.sent {
 		return p.UniversalClient.EvalSha(ctx, sha1, keys, args...)
 	}
-	pipe := p.Pipeline()
-	p.get = pipe.Get(ctx, p.key)
-	cmd := pipe.EvalSha(ctx, sha1, keys, args...)
-	_, _ = pipe.Exec(ctx) // errors are read from each command
-	return cmd
+	p.sent = true
+	if !p.s.legacy.Load() {
+		cmd, ok := p.setNXGet(ctx)
+		if ok {
+			return cmd
+		}
+		p.s.legacy.Store(true)
+	}
+	return p.legacyObtain(ctx, func(pipe redis.Pipeliner) *redis.Cmd { return pipe.EvalSha(ctx, sha1, keys, args...) })
 }
 
 func (p *peek) Eval(ctx context.Context, script string, keys []string, args ...any) *redis.Cmd {
-	if p.get != nil {
+	if p.sent {
 		return p.UniversalClient.Eval(ctx, script, keys, args...)
 	}
+	p.sent = true
+	return p.legacyObtain(ctx, func(pipe redis.Pipeliner) *redis.Cmd { return pipe.Eval(ctx, script, keys, args...) })
+}
+
+// setNXGet obtains the lease with SET NX GET, and returns the reply the
+// obtain script would have given: "OK" when the lease was set, nil (the
+// error redis.Nil) when the key is held. It returns false, having changed
+// nothing, when the server does not know the command's form.
+func (p *peek) setNXGet(ctx context.Context) (*redis.Cmd, bool) {
 	pipe := p.Pipeline()
-	p.get = pipe.Get(ctx, p.key)
-	cmd := pipe.Eval(ctx, script, keys, args...)
-	_, _ = pipe.Exec(ctx)
+	set := pipe.Do(ctx, "set", p.key, p.value, "px", p.ttl.Milliseconds(), "nx", "get")
+	p.pttl = pipe.PTTL(ctx, p.key)
+	_, _ = pipe.Exec(ctx) // errors are read from each command
+	cmd := redis.NewCmd(ctx)
+	v, err := set.Text()
+	switch {
+	case errors.Is(err, redis.Nil), err == nil && v == p.value:
+		// The key was absent, and the lease is ours; or it holds our
+		// lease already, set by this command before go-redis retried it
+		// after a lost reply (the token is new for every call).
+		cmd.SetVal("OK")
+	case err == nil:
+		p.found, p.held = true, v
+		cmd.SetErr(redis.Nil)
+	case strings.HasPrefix(err.Error(), "ERR syntax error"):
+		return nil, false
+	default:
+		cmd.SetErr(err)
+	}
+	return cmd, true
+}
+
+// legacyObtain sends obtain, the obtain script's call, in one pipeline
+// with a GET of the key and a PTTL.
+func (p *peek) legacyObtain(ctx context.Context, obtain func(redis.Pipeliner) *redis.Cmd) *redis.Cmd {
+	pipe := p.Pipeline()
+	get := pipe.Get(ctx, p.key)
+	cmd := obtain(pipe)
+	p.pttl = pipe.PTTL(ctx, p.key)
+	_, _ = pipe.Exec(ctx) // errors are read from each command
+	v, err := get.Result()
+	switch {
+	case err == nil:
+		p.found, p.held = true, v
+	case !errors.Is(err, redis.Nil):
+		p.err = err
+	}
 	return cmd
 }
 

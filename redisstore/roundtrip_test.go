@@ -78,36 +78,56 @@ func countedClients(t *testing.T) map[string]struct {
 	}{"single": {single, cs}, "cluster": {cluster, cc}}
 }
 
+// TestRoundTrips counts the round trips and commands of a first execution
+// and a replay, on Redis 7.0 and newer (SET NX GET) and the way the Store
+// works with older servers (GET and redislock's obtain script).
 func TestRoundTrips(t *testing.T) {
 	ctx := context.Background()
+	paths := []struct {
+		name          string
+		legacy        bool
+		first, replay []string
+	}{
+		{"set-nx-get", false, []string{"set", "pttl", "evalsha"}, []string{"set", "pttl"}},
+		{"legacy", true, []string{"get", "evalsha", "pttl", "evalsha"}, []string{"get", "evalsha", "pttl"}},
+	}
 	for name, c := range countedClients(t) {
-		t.Run(name, func(t *testing.T) {
-			op := idem.New[string, string](redisstore.New(c.client, redisstore.WithPrefix(fmt.Sprint("rt:", time.Now().UnixNano(), ":"))))
-			fn := func(context.Context, string) (string, error) { return "result", nil }
-			// Warm up: connections dialled and scripts cached on every node
-			// (48 keys reach all three cluster masters).
-			for i := range 48 {
-				if _, err := op.Do(ctx, fmt.Sprint("warm-", i), "req", fn); err != nil {
-					t.Fatal(err)
+		for _, path := range paths {
+			t.Run(name+"/"+path.name, func(t *testing.T) {
+				s := redisstore.New(c.client, redisstore.WithPrefix(fmt.Sprint("rt:", time.Now().UnixNano(), ":")))
+				if path.legacy {
+					redisstore.UseLegacyAcquire(s)
 				}
-			}
-			for i, k := range []string{"a", "b", "c"} {
-				c.count.reset()
-				if _, err := op.Do(ctx, k, "req", fn); err != nil {
-					t.Fatal(err)
+				op := idem.New[string, string](s)
+				fn := func(context.Context, string) (string, error) { return "result", nil }
+				// Warm up: connections dialled and scripts cached on every
+				// node (48 keys reach all three cluster masters).
+				for i := range 48 {
+					if _, err := op.Do(ctx, fmt.Sprint("warm-", i), "req", fn); err != nil {
+						t.Fatal(err)
+					}
 				}
-				if n, names := c.count.read(); n != 2 || !slices.Equal(names, []string{"get", "evalsha", "evalsha"}) {
-					t.Errorf("first execution #%d: %d round trips %v, want 2: [get evalsha] pipelined, then [evalsha]", i, n, names)
+				for i, k := range []string{"a", "b", "c"} {
+					c.count.reset()
+					if _, err := op.Do(ctx, k, "req", fn); err != nil {
+						t.Fatal(err)
+					}
+					if n, names := c.count.read(); n != 2 || !slices.Equal(names, path.first) {
+						t.Errorf("first execution #%d: %d round trips %v, want 2: %v", i, n, names, path.first)
+					}
+					c.count.reset()
+					if _, info, err := op.DoInfo(ctx, k, "req", fn); err != nil || !info.Replayed {
+						t.Fatalf("replay: %v %+v", err, info)
+					}
+					if n, names := c.count.read(); n != 1 || !slices.Equal(names, path.replay) {
+						t.Errorf("replay #%d: %d round trips %v, want 1: %v", i, n, names, path.replay)
+					}
 				}
-				c.count.reset()
-				if _, info, err := op.DoInfo(ctx, k, "req", fn); err != nil || !info.Replayed {
-					t.Fatalf("replay: %v %+v", err, info)
+				if got := redisstore.LegacyAcquire(s); got != path.legacy {
+					t.Errorf("legacy path = %v, want %v", got, path.legacy)
 				}
-				if n, names := c.count.read(); n != 1 || !slices.Equal(names, []string{"get", "evalsha"}) {
-					t.Errorf("replay #%d: %d round trips %v, want 1: [get evalsha] pipelined", i, n, names)
-				}
-			}
-		})
+			})
+		}
 	}
 }
 
