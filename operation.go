@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"reflect"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -17,6 +18,8 @@ type Operation[Req, Resp any] struct {
 	cfg         *config
 	fingerprint func(Req) (string, error)
 	types       string // the request and result types, kept in records
+	cache       *localCache // nil without WithLocalCache
+	boxes       sync.Pool   // of *Resp, zeroed, to decode into without allocating
 	err         error
 }
 
@@ -61,6 +64,7 @@ const maxLeaseRetries = 3
 func New[Req, Resp any](store Store, opts ...Option) *Operation[Req, Resp] {
 	cfg := newConfig(opts)
 	o := &Operation[Req, Resp]{store: store, cfg: cfg, types: typeNames[Req, Resp]()}
+	o.boxes.New = func() any { return new(Resp) }
 	o.fingerprint = func(r Req) (string, error) { return Fingerprint(r) }
 	switch f := cfg.fingerprint.(type) {
 	case nil:
@@ -83,7 +87,19 @@ func New[Req, Resp any](store Store, opts ...Option) *Operation[Req, Resp] {
 		cfg.invalid("result type %s: %v", reflect.TypeFor[Resp](), err)
 	}
 	o.err = cfg.err()
+	if cfg.cacheSize > 0 {
+		o.cache = newLocalCache(cfg.cacheSize)
+	}
 	return o
+}
+
+// Forget drops the record of key from this Operation's local cache (see
+// WithLocalCache), so that the next call with key asks the store. It does
+// not change the store. Without a local cache it does nothing.
+func (o *Operation[Req, Resp]) Forget(key string) {
+	if o.cache != nil {
+		o.cache.forget(o.cfg.namespace + ":" + key)
+	}
 }
 
 // Err returns the error that every call of Do returns because New was given
@@ -154,6 +170,13 @@ func (o *Operation[Req, Resp]) do(ctx context.Context, info *Info, req Req, fn f
 	// Always "namespace:key", also with no namespace (":key"): a namespace
 	// holds no ':', so no key of one namespace can name another's record.
 	skey := o.cfg.namespace + ":" + info.Key
+	if o.cache != nil {
+		if rec, ok := o.cache.get(skey, time.Now()); ok {
+			resp, outcome, err := o.replay(rec, fp)
+			info.Outcome = outcome
+			return resp, err
+		}
+	}
 
 	var waitCtx context.Context
 	for lost := 0; ; {
@@ -174,10 +197,13 @@ func (o *Operation[Req, Resp]) do(ctx context.Context, info *Info, req Req, fn f
 		switch {
 		case acq.Record != nil:
 			resp, outcome, err := o.replay(acq.Record, fp)
+			if o.cache != nil && acq.TTL > 0 && outcome != OutcomeCorruptRecord {
+				o.cache.put(skey, acq.Record, sent.Add(acq.TTL))
+			}
 			info.Outcome = outcome
 			return resp, err
 		case acq.Lease != nil:
-			resp, err := o.execute(ctx, info, acq.Lease, sent, fp, req, fn)
+			resp, err := o.execute(ctx, info, acq.Lease, sent, skey, fp, req, fn)
 			if !errors.Is(err, errLeaseExpired) {
 				return resp, err
 			}
@@ -241,20 +267,38 @@ func (o *Operation[Req, Resp]) replay(b []byte, fp string) (Resp, Outcome, error
 	if string(r.codec) != o.cfg.codec.Name() {
 		return resp, OutcomeCorruptRecord, fmt.Errorf("%w: written by codec %q, reading with %q", ErrCorruptRecord, r.codec, o.cfg.codec.Name())
 	}
-	if err := o.cfg.codec.Unmarshal(r.payload, &resp); err != nil {
+	box := o.box()
+	err = o.cfg.codec.Unmarshal(r.payload, box)
+	resp = o.unbox(box)
+	if err != nil {
 		var zero Resp
 		return zero, OutcomeCorruptRecord, fmt.Errorf("%w: %w", ErrCorruptRecord, err)
 	}
 	return resp, OutcomeReplayed, nil
 }
 
+// box returns a zero Resp from o.boxes: the codec decodes into a pointer,
+// and a pooled one spares the allocation that a pointer to a local
+// variable would cost.
+func (o *Operation[Req, Resp]) box() *Resp { return o.boxes.Get().(*Resp) }
+
+// unbox returns the value in box and puts box back, zeroed so that the
+// pool holds no references into results.
+func (o *Operation[Req, Resp]) unbox(box *Resp) Resp {
+	v := *box
+	var zero Resp
+	*box = zero
+	o.boxes.Put(box)
+	return v
+}
+
 // errLeaseExpired is what execute returns, without running fn, when the
 // lease it was given may have expired already.
 var errLeaseExpired = errors.New("idem: lease expired before fn started")
 
-// execute runs fn under lease, granted by an Acquire sent at acquired, and
-// stores its outcome.
-func (o *Operation[Req, Resp]) execute(ctx context.Context, info *Info, lease Lease, acquired time.Time, fp string, req Req, fn func(context.Context, Req) (Resp, error)) (Resp, error) {
+// execute runs fn under lease on skey, granted by an Acquire sent at
+// acquired, and stores its outcome.
+func (o *Operation[Req, Resp]) execute(ctx context.Context, info *Info, lease Lease, acquired time.Time, skey, fp string, req Req, fn func(context.Context, Req) (Resp, error)) (Resp, error) {
 	var zero Resp
 	// A caller paused between Acquire and here (a GC pause, a descheduled
 	// or stopped process) may hold a lease that has expired, and whose key
@@ -279,11 +323,11 @@ func (o *Operation[Req, Resp]) execute(ctx context.Context, info *Info, lease Le
 
 	fnCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	stop := keepAlive(fnCtx, lease, acquired, o.cfg.lockTTL, cancel)
+	keeper := keepAlive(fnCtx, lease, acquired, o.cfg.lockTTL, cancel)
 
 	returned, settled := false, false
 	defer func() {
-		stop()
+		keeper.stop()
 		switch {
 		case settled:
 		case !returned: // fn panicked or called runtime.Goexit: it did not complete
@@ -296,7 +340,7 @@ func (o *Operation[Req, Resp]) execute(ctx context.Context, info *Info, lease Le
 	}()
 	resp, ferr := fn(fnCtx, req)
 	returned = true
-	stop()
+	keeper.stop()
 
 	rec := record{fingerprint: fp, codec: o.cfg.codec.Name(), types: o.types}
 	if ferr == nil {
@@ -328,7 +372,7 @@ func (o *Operation[Req, Resp]) execute(ctx context.Context, info *Info, lease Le
 		}
 	}
 	settled = true
-	err := o.commit(ctx, lease, rec, ferr)
+	err := o.commit(ctx, lease, skey, rec, ferr)
 	if errors.Is(err, ErrNotStored) {
 		info.Outcome = OutcomeNotStored
 	}
@@ -345,27 +389,37 @@ func (o *Operation[Req, Resp]) encode(resp Resp) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encoding result: %w", err)
 	}
-	var back Resp
-	if err := o.cfg.codec.Unmarshal(payload, &back); err != nil {
+	orig, back := o.box(), o.box()
+	defer o.unbox(orig)
+	defer o.unbox(back)
+	if err := o.cfg.codec.Unmarshal(payload, back); err != nil {
 		return nil, fmt.Errorf("result would not decode: %w", err)
 	}
-	if err := checkReplay(reflect.ValueOf(&resp).Elem(), reflect.ValueOf(&back).Elem(), o.cfg.codec.Marshal); err != nil {
+	*orig = resp
+	if err := checkReplay(reflect.ValueOf(orig).Elem(), reflect.ValueOf(back).Elem(), o.cfg.codec.Marshal); err != nil {
 		return nil, fmt.Errorf("result would not replay as the same value: %w", err)
 	}
 	return payload, nil
 }
 
-// commit stores rec under lease. A failure other than a lost lease is
-// retried with backoff for as long as the lease may still be held: a
-// result not stored means a retry of the whole call runs fn again.
-func (o *Operation[Req, Resp]) commit(ctx context.Context, lease Lease, rec record, ferr error) error {
+// commit stores rec under lease on skey. A failure other than a lost lease
+// is retried with backoff for as long as the lease may still be held: a
+// result not stored means a retry of the whole call runs fn again. A
+// record stored is also cached locally (WithLocalCache), to expire a TTL
+// after the first Commit was sent: a retried Commit may find the record
+// that an earlier one stored, whose expiry the store counted from then.
+func (o *Operation[Req, Resp]) commit(ctx context.Context, lease Lease, skey string, rec record, ferr error) error {
 	cctx, cancel := cleanupContext(ctx, o.cfg.lockTTL)
 	defer cancel()
 	b := rec.encode()
 	backoff := 5 * time.Millisecond
+	first := time.Now()
 	for {
 		err := lease.Commit(cctx, b, o.cfg.ttl)
 		if err == nil {
+			if o.cache != nil {
+				o.cache.put(skey, b, first.Add(o.cfg.ttl))
+			}
 			return ferr
 		}
 		if errors.Is(err, ErrLeaseLost) || errors.Is(err, ErrCorruptRecord) || cctx.Err() != nil {

@@ -28,6 +28,7 @@ type config struct {
 	namespace   string
 	fingerprint any // func(Req) ([]byte, error), checked by New
 	dispose     func(error) Disposition
+	cacheSize   int
 	errs        []error
 }
 
@@ -156,4 +157,38 @@ func WithFingerprint[Req any](f func(Req) ([]byte, error)) Option {
 // the key is held.
 func WithDisposition(decide func(err error) Disposition) Option {
 	return func(c *config) { c.dispose = decide }
+}
+
+// WithLocalCache keeps up to n completed records in this process, so that a
+// call whose key was completed or replayed here before is answered without
+// a store round trip. n = 0 turns the cache off (the default).
+//
+// Only records the store confirmed are cached: the record of a Commit that
+// succeeded, and a record that Store.Acquire returned together with its
+// remaining TTL (Acquisition.TTL). Leases and in-flight states never are,
+// so a cache never answers for a key whose execution is under way. Every
+// check runs on a hit as on a record read from the store: a request whose
+// fingerprint differs gets ErrKeyReused, and the codec and the record's
+// types are checked. A cached record expires no later than the stored one:
+// its expiry is counted from when the store was asked (Commit sent, or
+// Acquire sent plus the TTL the store reported), not from when the cache
+// learned of it. Writes go through: the store always holds the record, so
+// other processes see it.
+//
+// Eviction is SIEVE, a scan-resistant relative of LRU whose hits take no
+// exclusive lock: a key read again stays cached, while keys used once (most
+// idempotency keys) pass through without displacing it.
+//
+// The cache has one weakness: a record deleted from the store behind idem's
+// back (an operator purging a key) is still replayed from the cache of
+// every process that holds it, until the record's TTL (WithTTL) would have
+// ended. Call Operation.Forget in each process to drop it sooner.
+func WithLocalCache(n int) Option {
+	return func(c *config) {
+		if n < 0 {
+			c.invalid("WithLocalCache(%d): must not be negative", n)
+			return
+		}
+		c.cacheSize = n
+	}
 }

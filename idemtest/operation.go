@@ -32,6 +32,9 @@ var operationTests = []test{
 	{"ResultExpires", testResultExpires},
 	{"WaitTimeoutGivesInFlight", testWaitTimeout},
 	{"HoldKeepsKeyRefused", testHoldKeepsKeyRefused},
+	{"LocalCacheSmallerThanKeys", testLocalCacheSmall},
+	{"LocalCacheExpiresWithRecord", testLocalCacheExpires},
+	{"LocalCacheSkipsInFlight", testLocalCacheSkipsInFlight},
 }
 
 type order struct {

@@ -31,6 +31,7 @@ var storeTests = []test{
 	{"EmptyRecord", testEmptyRecord},
 	{"ExpiredLeaseOnFreeKey", testExpiredLeaseFreeKey},
 	{"CommitAfterTakeoverSameBytes", testCommitAfterTakeoverSameBytes},
+	{"RecordTTL", testRecordTTL},
 }
 
 // testCommitAfterTakeoverSameBytes checks that a Commit is recognised as

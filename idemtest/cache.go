@@ -1,0 +1,152 @@
+package idemtest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/idemkit/idem"
+)
+
+// The tests in this file cover what idem.WithLocalCache needs of a store.
+// The cache keeps records in the process; it must never outlive the stored
+// record, so it keeps a record that Acquire returned only when the store
+// reports the record's remaining lifetime (Acquisition.TTL), and then
+// counts the expiry from when Acquire was sent. A store that leaves TTL at
+// zero is correct, but its replays are cached only in the process that
+// committed them.
+
+// testRecordTTL checks Acquisition.TTL: when a store reports it, it is at
+// most what the record has left, and it counts down.
+func testRecordTTL(t *testing.T, e *env) {
+	const ttl = 2 * time.Second
+	k := e.key("k")
+	if err := acquireLease(t, e.store, k, "fp", time.Minute).Commit(ctxFor(t), []byte("rec"), ttl); err != nil {
+		t.Fatal(err)
+	}
+	committed := time.Now()
+	a, err := e.store.Acquire(ctxFor(t), k, "fp", time.Minute)
+	if err != nil || a.Record == nil {
+		t.Fatalf("Acquire after Commit: %+v, %v; want the record", a, err)
+	}
+	if a.TTL == 0 {
+		t.Log("the store does not report Acquisition.TTL: idem.WithLocalCache caches only the records this process commits")
+		return
+	}
+	if a.TTL < 0 || a.TTL > ttl {
+		t.Fatalf("Acquisition.TTL = %v right after a Commit with TTL %v; want within (0, %v]", a.TTL, ttl, ttl)
+	}
+	time.Sleep(100 * time.Millisecond)
+	b, err := e.store.Acquire(ctxFor(t), k, "fp", time.Minute)
+	if err != nil || b.Record == nil {
+		t.Fatalf("Acquire: %+v, %v", b, err)
+	}
+	// What the record has left now, by this clock, bounds the report from
+	// above: the store set the expiry after committed.
+	if left := ttl - time.Since(committed); b.TTL > left+5*time.Millisecond {
+		// 5 ms: a store may round to whole milliseconds.
+		t.Errorf("Acquisition.TTL = %v, but the record has at most %v left: the TTL must count down, or a local cache outlives the record", b.TTL, left)
+	}
+}
+
+// testLocalCacheSmall runs a storm on more keys than a small local cache
+// holds, with another Operation without a cache on the same store: each
+// key's fn runs once, every call returns its key's result, a key reused
+// with another request is refused from the cache as from the store.
+func testLocalCacheSmall(t *testing.T, e *env) {
+	const keys, callers = 16, 64
+	cached := idem.New[string, string](e.store, idem.WithLocalCache(4), idem.WithWaitTimeout(10*time.Second))
+	plain := idem.New[string, string](e.store, idem.WithWaitTimeout(10*time.Second))
+	var runs [keys]atomic.Int64
+	fn := func(k int) func(context.Context, string) (string, error) {
+		return func(_ context.Context, req string) (string, error) {
+			runs[k].Add(1)
+			time.Sleep(time.Millisecond)
+			return "done " + req, nil
+		}
+	}
+	var wg sync.WaitGroup
+	for c := range callers {
+		wg.Go(func() {
+			op := cached
+			if c%4 == 3 {
+				op = plain
+			}
+			for round := range 3 {
+				k := (c + round) % keys
+				req := fmt.Sprint("req-", k)
+				v, err := op.Do(ctxFor(t), e.key(fmt.Sprint(k)), req, fn(k))
+				if err != nil || v != "done "+req {
+					t.Errorf("key %d: %q, %v; want %q", k, v, err, "done "+req)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	for k := range keys {
+		if n := runs[k].Load(); n != 1 {
+			t.Errorf("key %d: fn ran %d times, want 1", k, n)
+		}
+		if _, err := cached.Do(ctxFor(t), e.key(fmt.Sprint(k)), "another request", fn(k)); !errors.Is(err, idem.ErrKeyReused) {
+			t.Errorf("key %d reused: %v, want ErrKeyReused", k, err)
+		}
+	}
+}
+
+// testLocalCacheExpires checks that a record cached by the process that
+// committed it, and one cached from the store by another, expire with the
+// stored record: the key then executes afresh.
+func testLocalCacheExpires(t *testing.T, e *env) {
+	const ttl = 150 * time.Millisecond
+	a := idem.New[string, int](e.store, idem.WithTTL(ttl), idem.WithLocalCache(8))
+	b := idem.New[string, int](e.store, idem.WithTTL(ttl), idem.WithLocalCache(8))
+	k := e.key("k")
+	var runs atomic.Int64
+	fn := func(context.Context, string) (int, error) { return int(runs.Add(1)), nil }
+	if v, err := a.Do(ctxFor(t), k, "r", fn); err != nil || v != 1 {
+		t.Fatalf("first: %d, %v", v, err)
+	}
+	time.Sleep(ttl / 2)
+	// b learns of the record half-way through its life: its copy must
+	// expire with the record, not a TTL after b learned of it.
+	for _, op := range []*idem.Operation[string, int]{a, b} {
+		if v, err := op.Do(ctxFor(t), k, "r", fn); err != nil || v != 1 {
+			t.Fatalf("replay: %d, %v; want 1", v, err)
+		}
+	}
+	time.Sleep(ttl/2 + 30*time.Millisecond)
+	if v, err := b.Do(ctxFor(t), k, "r", fn); err != nil || v != 2 {
+		t.Fatalf("after the record's TTL, through the Operation that cached it from the store: %d, %v; want 2, executed afresh", v, err)
+	}
+	if v, err := a.Do(ctxFor(t), k, "r", fn); err != nil || v != 2 {
+		t.Fatalf("after the TTL, through the Operation that committed: %d, %v; want b's 2", v, err)
+	}
+}
+
+// testLocalCacheSkipsInFlight checks that a key whose execution is under way
+// is never answered from the cache, and that its record is cached once
+// committed.
+func testLocalCacheSkipsInFlight(t *testing.T, e *env) {
+	op := idem.New[string, int](e.store, idem.WithLocalCache(8))
+	k := e.key("k")
+	release := holdKey(t, op, k)
+	for range 3 {
+		if _, err := op.Do(ctxFor(t), k, "r", func(context.Context, string) (int, error) {
+			t.Error("fn ran while another execution held the key")
+			return 0, nil
+		}); !errors.Is(err, idem.ErrInFlight) {
+			t.Fatalf("while in flight: %v, want ErrInFlight", err)
+		}
+	}
+	release()
+	if v, info, err := op.DoInfo(ctxFor(t), k, "r", func(context.Context, string) (int, error) {
+		t.Error("fn ran again after the execution that held the key completed")
+		return 0, nil
+	}); err != nil || v != 1 || !info.Replayed {
+		t.Fatalf("after commit: %d, %v, %v; want the replayed 1", v, info.Outcome, err)
+	}
+}

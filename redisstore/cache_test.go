@@ -1,0 +1,112 @@
+package redisstore_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/redisstore"
+)
+
+// TestLocalCacheRoundTrips checks WithLocalCache on real Redis: replays of
+// a key completed in this process, and a key-reuse check of it, cost no
+// round trip; an Operation without the cache finds the record in Redis;
+// after the TTL the key executes afresh.
+func TestLocalCacheRoundTrips(t *testing.T) {
+	ctx := context.Background()
+	for name, c := range countedClients(t) {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			prefix := fmt.Sprint("lc:", time.Now().UnixNano(), ":")
+			const ttl = 500 * time.Millisecond
+			cached := idem.New[string, string](redisstore.New(c.client, redisstore.WithPrefix(prefix)), idem.WithTTL(ttl), idem.WithLocalCache(64))
+			plain := idem.New[string, string](redisstore.New(c.client, redisstore.WithPrefix(prefix)), idem.WithTTL(ttl))
+			var runs atomic.Int64
+			fn := func(_ context.Context, req string) (string, error) { runs.Add(1); return "paid " + req, nil }
+
+			if v, err := cached.Do(ctx, "k", "a", fn); err != nil || v != "paid a" {
+				t.Fatalf("first call: %q, %v", v, err)
+			}
+			c.count.reset()
+			for i := range 50 {
+				v, info, err := cached.DoInfo(ctx, "k", "a", fn)
+				if err != nil || v != "paid a" || info.Outcome != idem.OutcomeReplayed {
+					t.Fatalf("replay %d: %q, %v, %v", i, v, info.Outcome, err)
+				}
+			}
+			if _, err := cached.Do(ctx, "k", "other request", fn); !errors.Is(err, idem.ErrKeyReused) {
+				t.Fatalf("key reused: %v, want ErrKeyReused", err)
+			}
+			if n, names := c.count.read(); n != 0 {
+				t.Errorf("50 cached replays and a key-reuse check cost %d round trips %v, want 0", n, names)
+			}
+
+			// Another Operation (another process) finds the record in Redis.
+			c.count.reset()
+			if v, info, err := plain.DoInfo(ctx, "k", "a", fn); err != nil || v != "paid a" || !info.Replayed {
+				t.Fatalf("uncached replay: %q, %v, %v", v, info.Outcome, err)
+			}
+			if n, _ := c.count.read(); n != 1 {
+				t.Errorf("uncached replay cost %d round trips, want 1", n)
+			}
+			// A record found in Redis is cached too, with Redis's TTL.
+			if _, err := cached.Do(ctx, "k2", "b", fn); err != nil {
+				t.Fatal(err)
+			}
+			viaRedis := idem.New[string, string](redisstore.New(c.client, redisstore.WithPrefix(prefix)), idem.WithTTL(ttl), idem.WithLocalCache(64))
+			if _, info, err := viaRedis.DoInfo(ctx, "k2", "b", fn); err != nil || !info.Replayed {
+				t.Fatalf("replay from Redis: %v, %v", info.Outcome, err)
+			}
+			c.count.reset()
+			if _, info, err := viaRedis.DoInfo(ctx, "k2", "b", fn); err != nil || !info.Replayed {
+				t.Fatalf("cached replay of a record read from Redis: %v, %v", info.Outcome, err)
+			}
+			if n, _ := c.count.read(); n != 0 {
+				t.Errorf("replay of a record cached from Redis cost %d round trips, want 0", n)
+			}
+
+			if n := runs.Load(); n != 2 {
+				t.Fatalf("fn ran %d times before the TTL, want 2", n)
+			}
+			time.Sleep(ttl + 50*time.Millisecond)
+			for _, op := range []*idem.Operation[string, string]{cached, viaRedis} {
+				if _, info, err := op.DoInfo(ctx, "k2", "b", fn); err != nil || info.Outcome != idem.OutcomeExecuted {
+					t.Errorf("after the TTL: %v, %v; want executed afresh", info.Outcome, err)
+				}
+				op.Forget("k2") // so that the second Operation finds the key free, not stored by the first
+				if err := c.client.Del(ctx, prefix+":k2").Err(); err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// TestLocalCacheForget checks the documented weakness and its remedy: a
+// record deleted from Redis by hand is replayed from the cache until
+// Forget drops it; then the key executes afresh.
+func TestLocalCacheForget(t *testing.T) {
+	ctx := context.Background()
+	client := countedClients(t)["single"].client
+	prefix := fmt.Sprint("lcf:", time.Now().UnixNano(), ":")
+	op := idem.New[string, int](redisstore.New(client, redisstore.WithPrefix(prefix)), idem.WithLocalCache(16))
+	var runs atomic.Int64
+	fn := func(context.Context, string) (int, error) { return int(runs.Add(1)), nil }
+	if _, err := op.Do(ctx, "k", "req", fn); err != nil {
+		t.Fatal(err)
+	}
+	if err := client.Del(ctx, prefix+":k").Err(); err != nil { // an operator purges the key
+		t.Fatal(err)
+	}
+	if v, info, err := op.DoInfo(ctx, "k", "req", fn); err != nil || v != 1 || !info.Replayed {
+		t.Fatalf("after a purge behind idem's back: %d, %v, %v; want the cached 1, replayed", v, info.Outcome, err)
+	}
+	op.Forget("k")
+	if v, info, err := op.DoInfo(ctx, "k", "req", fn); err != nil || v != 2 || info.Outcome != idem.OutcomeExecuted {
+		t.Fatalf("after Forget: %d, %v, %v; want 2, executed", v, info.Outcome, err)
+	}
+}
