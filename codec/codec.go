@@ -17,8 +17,6 @@ package codec
 import (
 	"encoding/json"
 	"fmt"
-
-	"github.com/vmihailenco/msgpack/v5"
 )
 
 // A Codec encodes and decodes stored results. Implementations must be safe
@@ -68,7 +66,7 @@ func (MsgPack) Marshal(v any) (_ []byte, err error) {
 			err = fmt.Errorf("codec: msgpack: encoding panicked: %v", r)
 		}
 	}()
-	b, err := msgpack.Marshal(v)
+	b, err := marshal(v)
 	if err != nil {
 		return nil, err
 	}
@@ -93,7 +91,7 @@ func (MsgPack) Unmarshal(data []byte, v any) (err error) {
 			err = fmt.Errorf("%w: %v", errMsgpack, r)
 		}
 	}()
-	return msgpack.Unmarshal(data, v)
+	return unmarshal(data, v)
 }
 
 // JSON encodes with encoding/json: readable in the store, and the choice

@@ -1,0 +1,61 @@
+package codec
+
+import (
+	"bytes"
+	"sync"
+
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// msgpackCoder is a msgpack encoder and decoder with the buffer and reader
+// they work on, reused across calls through coders: msgpack.Marshal and
+// msgpack.Unmarshal allocate a bytes.Buffer or bytes.Reader, and grow the
+// buffer, on every call.
+type msgpackCoder struct {
+	enc *msgpack.Encoder
+	dec *msgpack.Decoder
+	buf bytes.Buffer
+	r   bytes.Reader
+}
+
+var coders = sync.Pool{New: func() any {
+	c := &msgpackCoder{}
+	c.enc = msgpack.NewEncoder(&c.buf)
+	c.dec = msgpack.NewDecoder(&c.r)
+	return c
+}}
+
+// maxPooledBuf is the largest encoding buffer kept for reuse, so that one
+// huge result does not stay pinned in memory.
+const maxPooledBuf = 64 << 10
+
+// marshal encodes v as msgpack.Marshal does, and returns a copy of the
+// encoding that the caller owns. A coder whose encoder panicked is not
+// reused.
+func marshal(v any) ([]byte, error) {
+	c := coders.Get().(*msgpackCoder)
+	c.buf.Reset()
+	c.enc.Reset(&c.buf) // Reset clears flags; msgpack.Marshal sets none
+	if err := c.enc.Encode(v); err != nil {
+		coders.Put(c)
+		return nil, err
+	}
+	b := bytes.Clone(c.buf.Bytes())
+	if c.buf.Cap() <= maxPooledBuf {
+		coders.Put(c)
+	}
+	return b, nil
+}
+
+// unmarshal decodes data into v as msgpack.Unmarshal does. A coder whose
+// decoder panicked is not reused.
+func unmarshal(data []byte, v any) error {
+	c := coders.Get().(*msgpackCoder)
+	c.r.Reset(data)
+	c.dec.Reset(&c.r)
+	c.dec.UsePreallocateValues(true) // as msgpack.Unmarshal
+	err := c.dec.Decode(v)
+	c.r.Reset(nil) // hold no reference to data
+	coders.Put(c)
+	return err
+}
