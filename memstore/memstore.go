@@ -83,7 +83,8 @@ type entry struct {
 	// Lease state: token != 0.
 	token       uint64
 	fingerprint string
-	done        chan struct{} // closed when the lease ends
+	done        chan struct{} // closed when the lease ends; made by the first Wait
+	lease       lease         // what Acquire returned for this entry
 
 	// Record state: token == 0.
 	record    []byte
@@ -91,6 +92,13 @@ type entry struct {
 }
 
 func (e *entry) leased() bool { return e.token != 0 }
+
+// endLease wakes the lease's waiters, if any.
+func (e *entry) endLease() {
+	if e.done != nil {
+		close(e.done)
+	}
+}
 
 // live reports whether e has not expired by now.
 func (e *entry) live(now time.Time) bool { return now.Before(e.expires) }
@@ -132,10 +140,11 @@ func (s *Store) Acquire(ctx context.Context, key, fingerprint string, ttl time.D
 		}
 	}
 	s.tokens++
-	e := &entry{key: key, expires: now.Add(ttl), token: s.tokens, fingerprint: fingerprint, done: make(chan struct{})}
+	e := &entry{key: key, expires: now.Add(ttl), token: s.tokens, fingerprint: fingerprint}
+	e.lease = lease{s: s, key: key, token: e.token}
 	s.entries[key] = e
 	heap.Push(&s.leases, e)
-	return idem.Acquisition{Lease: &lease{s: s, key: key, token: e.token}}, nil
+	return idem.Acquisition{Lease: &e.lease}, nil
 }
 
 // Wait implements idem.Store. It returns when the lease on key is committed,
@@ -146,6 +155,9 @@ func (s *Store) Wait(ctx context.Context, key string) error {
 	if !ok || !e.leased() || !e.live(time.Now()) {
 		s.mu.Unlock()
 		return nil
+	}
+	if e.done == nil {
+		e.done = make(chan struct{})
 	}
 	done, expires := e.done, e.expires
 	s.mu.Unlock()
@@ -201,7 +213,7 @@ func (s *Store) remove(e *entry) {
 	delete(s.entries, e.key)
 	if e.leased() {
 		heap.Remove(&s.leases, e.index)
-		close(e.done)
+		e.endLease()
 	} else {
 		heap.Remove(&s.records, e.index)
 	}
@@ -260,7 +272,7 @@ func (l *lease) Commit(ctx context.Context, record []byte, ttl time.Duration) er
 		return err
 	}
 	heap.Remove(&l.s.leases, e.index)
-	close(e.done)
+	e.endLease()
 	e.committer = e.token
 	e.token, e.fingerprint, e.done = 0, "", nil
 	e.record = record // the caller does not modify it (idem.Lease)

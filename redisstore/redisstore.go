@@ -30,15 +30,19 @@
 //
 // # Round trips
 //
-// A replay costs one round trip and a first execution two. Acquire sends a
-// GET of the key and redislock's obtain script (SET-if-absent of the lease)
-// in one pipeline: when the key holds a record, the GET returns it and the
-// obtain fails harmlessly; when it is absent, the obtain takes the lease.
-// The commit script is the second round trip. Refreshes while fn runs and the
-// release on failure go through the redislock.Lock, whose scripts act only
-// while the key holds this caller's exact lease value. A waiting duplicate
-// polls the key with exponential backoff (redislock's) until the lease is
-// gone.
+// A replay costs one round trip and a first execution two. Acquire asks
+// redislock to obtain the lease, and answers redislock's obtain in the same
+// pipeline as a read of the key and its PTTL: on Redis 7.0 and newer with
+// the plain command SET key lease NX GET PX ttl, which sets the lease when
+// the key is absent and returns the record (or the holder's lease) when it
+// is not, so a replay runs no script on the server; on older servers with
+// a GET of the key and redislock's obtain script, learned from the syntax
+// error they give the newer command. The PTTL tells idem how long a record
+// has left (idem.Acquisition.TTL), for idem.WithLocalCache. The commit
+// script is the second round trip. Refreshes while fn runs and the release
+// on failure go through the redislock.Lock, whose scripts act only while
+// the key holds this caller's exact lease value. A waiting duplicate polls
+// the key with exponential backoff (redislock's) until the lease is gone.
 //
 // # Deployment
 //
