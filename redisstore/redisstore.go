@@ -161,6 +161,17 @@ var errNilClient = errors.New("redisstore: nil redis client")
 
 // Acquire implements idem.Store in one round trip (rarely more, when the key
 // changes hands between the two commands of the older servers' pipeline).
+//
+// On Redis 7.0 and newer it sends the plain command SET key lease NX GET PX
+// ttl, with a PTTL of the key in the same pipeline: the SET takes the lease
+// when the key is absent and returns what holds the key otherwise, so a
+// replay runs no script on the server and no lock machinery in the client.
+// When the SET took the lease, redislock makes the Lock for it (its obtain
+// is answered locally, the lease being set already), and that Lock's
+// scripts refresh and release it. Older servers answer the command with a
+// syntax error (NX and GET together came in 7.0); the Store then keeps to
+// a pipeline of GET and redislock's obtain script, for this call and every
+// later one.
 func (s *Store) Acquire(ctx context.Context, key, fingerprint string, ttl time.Duration) (idem.Acquisition, error) {
 	if s.client == nil {
 		return idem.Acquisition{}, errNilClient
@@ -172,7 +183,23 @@ func (s *Store) Acquire(ctx context.Context, key, fingerprint string, ttl time.D
 		if err != nil {
 			return idem.Acquisition{}, err
 		}
-		p := &peek{UniversalClient: s.client, s: s, key: rkey, value: token + fingerprint, ttl: ttl}
+		var p *peek
+		if !s.legacy.Load() {
+			p, err = s.setNXGet(ctx, rkey, token+fingerprint, ttl)
+			if err != nil && strings.HasPrefix(err.Error(), "ERR syntax error") {
+				s.legacy.Store(true)
+			}
+		}
+		if s.legacy.Load() {
+			p = &peek{UniversalClient: s.client, key: rkey}
+		} else if err != nil {
+			return idem.Acquisition{}, wrapErr(err)
+		}
+		if p.found {
+			return p.acquisition(), nil
+		}
+		// The key was free, and p's obtain either confirms the lease that
+		// setNXGet took or (on older servers) takes it with the script.
 		lock, err := redislock.New(p).Obtain(ctx, rkey, ttl, &redislock.Options{Token: token, Metadata: fingerprint})
 		switch {
 		case err == nil:
@@ -181,104 +208,94 @@ func (s *Store) Acquire(ctx context.Context, key, fingerprint string, ttl time.D
 			return idem.Acquisition{}, wrapErr(err)
 		case p.err != nil:
 			return idem.Acquisition{}, wrapErr(p.err)
-		case !p.found:
-			continue // freed and taken again between the GET and the obtain
+		case p.found:
+			return p.acquisition(), nil
 		}
-		a := parse(p.held)
-		if a.Record != nil && p.pttl != nil {
-			if d, err := p.pttl.Result(); err == nil && d > 0 {
-				a.TTL = d
-			}
-		}
-		return a, nil
+		// Older servers: freed and taken again between the GET and the obtain.
 	}
 	return idem.Acquisition{}, fmt.Errorf("redisstore: key %q changed hands 5 times during one Acquire", key)
 }
 
-// peek is the redis.Scripter given to redislock for one Obtain. It answers
-// the obtain script's call in the same round trip as a read of what holds
-// the key, and a PTTL of it, so that a failed obtain costs no extra round
-// trip to learn what holds the key, nor how long a record has to live.
-// Later calls (the Lock's refreshes and release) go straight through.
-//
-// On Redis 7.0 and newer it sends, instead of the obtain script, the plain
-// command SET key value NX GET PX ttl, which does what the script does for
-// a fresh token (set the lease if the key is absent) and returns what holds
-// the key otherwise: a replay costs the server two plain reads, no script.
-// Older servers answer that command with a syntax error (NX and GET
-// together came in 7.0); the Store then keeps to a pipeline of GET and the
-// obtain script, for this call and every later one.
+// setNXGet sends SET key value NX GET PX ttl and a PTTL of key in one
+// pipeline. The peek it returns has found set, with what held the key, when
+// the key was held by another value; otherwise the lease is set, and the
+// peek answers redislock's obtain of it with success, locally.
+func (s *Store) setNXGet(ctx context.Context, key, value string, ttl time.Duration) (*peek, error) {
+	pipe := s.client.Pipeline()
+	set := pipe.Do(ctx, "set", key, value, "px", ttl.Milliseconds(), "nx", "get")
+	pttl := pipe.PTTL(ctx, key)
+	_, _ = pipe.Exec(ctx) // errors are read from each command
+	p := &peek{UniversalClient: s.client, key: key, set: true, pttl: pttl}
+	v, err := set.Text()
+	switch {
+	case errors.Is(err, redis.Nil), err == nil && v == value:
+		// The key was absent, and the lease is ours; or it holds our lease
+		// already, set by this command before go-redis retried it after a
+		// lost reply (the token is new for every call).
+	case err == nil:
+		p.found, p.held = true, v
+	default:
+		return nil, err
+	}
+	return p, nil
+}
+
+// peek is the redis.Scripter given to redislock for one Obtain. Its first
+// script call, the obtain, is answered with success locally when the lease
+// is set already (set), and otherwise sent in one pipeline with a GET of the
+// key and a PTTL, so that a failed obtain costs no extra round trip to
+// learn what holds the key, nor how long a record has left. Later calls
+// (the Lock's refreshes and release) go straight through.
 type peek struct {
 	redis.UniversalClient
-	s     *Store
-	key   string
-	value string        // the lease value: token and fingerprint
-	ttl   time.Duration // whole milliseconds
+	key string
+	set bool // the lease is set already: the obtain succeeds without a call
 
 	sent  bool               // the obtain was answered
-	found bool               // the key held something: held
+	found bool               // the key held something else: held
 	held  string             // what the key held, if found
 	err   error              // reading the key failed
-	pttl  *redis.DurationCmd // the key's remaining TTL, after the obtain
+	pttl  *redis.DurationCmd // the key's remaining TTL
+}
+
+// acquisition is what the key held, with the TTL of a record.
+func (p *peek) acquisition() idem.Acquisition {
+	a := parse(p.held)
+	if a.Record != nil && p.pttl != nil {
+		if d, err := p.pttl.Result(); err == nil && d > 0 {
+			a.TTL = d
+		}
+	}
+	return a
 }
 
 func (p *peek) EvalSha(ctx context.Context, sha1 string, keys []string, args ...any) *redis.Cmd {
 	if p.sent {
 		return p.UniversalClient.EvalSha(ctx, sha1, keys, args...)
 	}
-	p.sent = true
-	if !p.s.legacy.Load() {
-		cmd, ok := p.setNXGet(ctx)
-		if ok {
-			return cmd
-		}
-		p.s.legacy.Store(true)
-	}
-	return p.legacyObtain(ctx, func(pipe redis.Pipeliner) *redis.Cmd { return pipe.EvalSha(ctx, sha1, keys, args...) })
+	return p.obtain(ctx, func(pipe redis.Pipeliner) *redis.Cmd { return pipe.EvalSha(ctx, sha1, keys, args...) })
 }
 
 func (p *peek) Eval(ctx context.Context, script string, keys []string, args ...any) *redis.Cmd {
 	if p.sent {
 		return p.UniversalClient.Eval(ctx, script, keys, args...)
 	}
+	return p.obtain(ctx, func(pipe redis.Pipeliner) *redis.Cmd { return pipe.Eval(ctx, script, keys, args...) })
+}
+
+// obtain answers the obtain script's call: "OK" when the lease is set
+// already, else the script's own reply, sent in one pipeline with a GET of
+// the key and a PTTL.
+func (p *peek) obtain(ctx context.Context, script func(redis.Pipeliner) *redis.Cmd) *redis.Cmd {
 	p.sent = true
-	return p.legacyObtain(ctx, func(pipe redis.Pipeliner) *redis.Cmd { return pipe.Eval(ctx, script, keys, args...) })
-}
-
-// setNXGet obtains the lease with SET NX GET, and returns the reply the
-// obtain script would have given: "OK" when the lease was set, nil (the
-// error redis.Nil) when the key is held. It returns false, having changed
-// nothing, when the server does not know the command's form.
-func (p *peek) setNXGet(ctx context.Context) (*redis.Cmd, bool) {
-	pipe := p.Pipeline()
-	set := pipe.Do(ctx, "set", p.key, p.value, "px", p.ttl.Milliseconds(), "nx", "get")
-	p.pttl = pipe.PTTL(ctx, p.key)
-	_, _ = pipe.Exec(ctx) // errors are read from each command
-	cmd := redis.NewCmd(ctx)
-	v, err := set.Text()
-	switch {
-	case errors.Is(err, redis.Nil), err == nil && v == p.value:
-		// The key was absent, and the lease is ours; or it holds our
-		// lease already, set by this command before go-redis retried it
-		// after a lost reply (the token is new for every call).
+	if p.set {
+		cmd := redis.NewCmd(ctx)
 		cmd.SetVal("OK")
-	case err == nil:
-		p.found, p.held = true, v
-		cmd.SetErr(redis.Nil)
-	case strings.HasPrefix(err.Error(), "ERR syntax error"):
-		return nil, false
-	default:
-		cmd.SetErr(err)
+		return cmd
 	}
-	return cmd, true
-}
-
-// legacyObtain sends obtain, the obtain script's call, in one pipeline
-// with a GET of the key and a PTTL.
-func (p *peek) legacyObtain(ctx context.Context, obtain func(redis.Pipeliner) *redis.Cmd) *redis.Cmd {
 	pipe := p.Pipeline()
 	get := pipe.Get(ctx, p.key)
-	cmd := obtain(pipe)
+	cmd := script(pipe)
 	p.pttl = pipe.PTTL(ctx, p.key)
 	_, _ = pipe.Exec(ctx) // errors are read from each command
 	v, err := get.Result()
