@@ -44,7 +44,10 @@ func BenchmarkRedis(b *testing.B) {
 		if _, err := op.Do(ctx, "hit", "req", fn); err != nil {
 			b.Fatal(err)
 		}
-		raw, _ := client.Get(ctx, prefix+"hit").Result()
+		raw, err := client.Get(ctx, prefix+":hit").Result() // no namespace: ":" + key
+		if err != nil {
+			b.Fatal(err)
+		}
 		if err := client.Set(ctx, prefix+"plain", raw, time.Hour).Err(); err != nil {
 			b.Fatal(err)
 		}
