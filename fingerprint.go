@@ -1,7 +1,6 @@
 package idem
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding"
 	"encoding/binary"
@@ -35,8 +34,8 @@ import (
 // encoding.BinaryMarshaler or encoding.TextMarshaler, on the value or the
 // pointer (big.Int, netip.Addr, UUIDs), are encoded with it. Integers of any
 // size encode by value. A nil slice or map differs from an empty one, and
-// -0.0 from 0.0. The field order of each struct type is worked out once and
-// cached for the life of the process.
+// -0.0 from 0.0. How each type is encoded, the field order of a struct type
+// included, is worked out once and cached for the life of the process.
 //
 // Unexported fields are not part of the fingerprint. A struct that has
 // unexported fields but no exported one and no marshaler (an opaque type)
@@ -45,21 +44,48 @@ import (
 // more than 10,000 levels deep, and marshaler types reached through an
 // unexported field. Use WithFingerprint for such requests.
 func Fingerprint(v any) (string, error) {
-	e := canonPool.Get().(*canon)
-	err := e.value(reflect.ValueOf(v), 0)
-	var fp string
-	if err == nil {
-		fp = hashHex(e.buf)
+	var buf [2 * sha256.Size]byte
+	b, err := appendFingerprint(buf[:0], v)
+	if err != nil {
+		return "", err
 	}
-	e.release()
-	return fp, err
+	return string(b), nil
 }
 
+// appendFingerprint appends the fingerprint of v, the 64 hex digits that
+// Fingerprint returns, to dst. On error, it returns dst as it was.
+func appendFingerprint(dst []byte, v any) ([]byte, error) {
+	e := canonPool.Get().(*canon)
+	err := e.value(reflect.ValueOf(v), 0)
+	if err == nil {
+		dst = appendHashHex(dst, e.buf)
+	}
+	e.release()
+	return dst, err
+}
+
+// appendFingerprintValue appends the default fingerprint of v to dst, as
+// appendFingerprint(dst, v.Interface()) does.
+func appendFingerprintValue(dst []byte, v reflect.Value) ([]byte, error) {
+	e := canonPool.Get().(*canon)
+	err := e.value(v, 0)
+	if err == nil {
+		dst = appendHashHex(dst, e.buf)
+	}
+	e.release()
+	return dst, err
+}
+
+// hashHex returns the hex SHA-256 of b.
 func hashHex(b []byte) string {
-	sum := sha256.Sum256(b)
 	var h [2 * sha256.Size]byte
-	hex.Encode(h[:], sum[:])
-	return string(h[:])
+	return string(appendHashHex(h[:0], b))
+}
+
+// appendHashHex appends the hex SHA-256 of b to dst.
+func appendHashHex(dst, b []byte) []byte {
+	sum := sha256.Sum256(b)
+	return hex.AppendEncode(dst, sum[:])
 }
 
 const (
@@ -103,10 +129,17 @@ var (
 // the same.
 type canon struct {
 	buf     []byte
-	spans   []span  // entries of the maps being encoded, a stack shared by nested maps
-	scratch []byte  // map entries being put in order
-	leaves  []leaf  // fields of recursively embedded structs being collected, a stack
-	seen    pathSet // past cycleCheckDepth, the pointers, maps and slices on the path
+	spans   []span          // entries of the maps being encoded, a stack shared by nested maps
+	scratch []byte          // map entries being put in order
+	leaves  []leaf          // fields of recursively embedded structs being collected, a stack
+	seen    pathSet         // past cycleCheckDepth, the pointers, maps and slices on the path
+	free    []reflect.Value // zeroed map keys and values for SetIterKey and SetIterValue to reuse
+
+	// lastType is the type value met last, and lastEnc its encoder: they
+	// spare value a lookup in encoders while the type repeats, as the
+	// root's does from call to call.
+	lastType reflect.Type
+	lastEnc  encoderFunc
 }
 
 // canonPool reuses encoders, and their buffers, across calls.
@@ -129,8 +162,8 @@ func (e *canon) tag(t byte)      { e.buf = append(e.buf, t) }
 func (e *canon) uint(u uint64)   { e.buf = binary.AppendUvarint(e.buf, u) }
 func (e *canon) int(i int64)     { e.buf = binary.AppendVarint(e.buf, i) }
 func (e *canon) float(f float64) { e.buf = binary.BigEndian.AppendUint64(e.buf, math.Float64bits(f)) }
-func (e *canon) bytes(b []byte)  { e.uint(uint64(len(b))); e.buf = append(e.buf, b...) }
-func (e *canon) string(s string) { e.uint(uint64(len(s))); e.buf = append(e.buf, s...) }
+func (e *canon) bytes(b []byte)  { e.length(len(b)); e.buf = append(e.buf, b...) }
+func (e *canon) string(s string) { e.length(len(s)); e.buf = append(e.buf, s...) }
 func (e *canon) nilValue()       { e.tag('0') }
 func (e *canon) boolean(b bool) {
 	if b {
@@ -141,10 +174,22 @@ func (e *canon) boolean(b bool) {
 }
 func (e *canon) header(t byte, n int) { e.tag(t); e.uint(uint64(n)) }
 
+// length appends n as a uvarint, as uint does, with a shortcut for the
+// lengths below 128, which take one byte.
+func (e *canon) length(n int) {
+	if n < 0x80 {
+		e.buf = append(e.buf, byte(n))
+		return
+	}
+	e.uint(uint64(n))
+}
+
 func errTooDeep() error {
 	return fmt.Errorf("%w: nested deeper than %d levels", ErrFingerprint, maxDepth)
 }
 
+// value encodes v, whose type is known only at run time: the root, the
+// dynamic value of an interface, a field collected by collectedFields.
 func (e *canon) value(v reflect.Value, depth int) error {
 	if depth > maxDepth {
 		return errTooDeep()
@@ -153,95 +198,34 @@ func (e *canon) value(v reflect.Value, depth int) error {
 		e.nilValue()
 		return nil
 	}
-	t := v.Type()
-	if t == timeType || t.Kind() != reflect.Pointer && t.Kind() != reflect.Interface && marshals(t) && !promoted(t) {
-		return e.marshaled(v)
+	if t := v.Type(); t != e.lastType {
+		e.lastType, e.lastEnc = t, typeEncoder(t)
 	}
-	switch t.Kind() {
-	case reflect.Bool:
-		e.boolean(v.Bool())
-	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
-		e.tag('i')
-		e.int(v.Int())
-	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr:
-		e.tag('u')
-		e.uint(v.Uint())
-	case reflect.Float32, reflect.Float64:
-		e.tag('f')
-		e.float(v.Float())
-	case reflect.Complex64, reflect.Complex128:
-		e.tag('c')
-		e.float(real(v.Complex()))
-		e.float(imag(v.Complex()))
-	case reflect.String:
-		e.tag('s')
-		e.string(v.String())
-	case reflect.Slice:
-		if v.IsNil() {
-			e.nilValue()
-			return nil
-		}
-		if t.Elem().Kind() == reflect.Uint8 {
-			e.tag('B')
-			e.bytes(v.Bytes())
-			return nil
-		}
-		return e.ref(v, depth)
-	case reflect.Array:
-		return e.list(v, depth)
-	case reflect.Map:
-		if v.IsNil() {
-			e.nilValue()
-			return nil
-		}
-		return e.ref(v, depth)
-	case reflect.Pointer:
-		if v.IsNil() {
-			e.nilValue()
-			return nil
-		}
-		e.tag('p')
-		return e.ref(v, depth)
-	case reflect.Interface:
-		if v.IsNil() {
-			e.nilValue()
-			return nil
-		}
-		e.tag('I')
-		e.string(v.Elem().Type().String())
-		return e.value(v.Elem(), depth+1)
-	case reflect.Struct:
-		return e.structValue(v, depth)
-	default:
-		return fmt.Errorf("%w: unsupported type %s", ErrFingerprint, t)
-	}
-	return nil
+	return e.lastEnc(e, v, depth)
 }
 
-// ref encodes what v, a non-nil pointer, map or slice, refers to. Past
-// cycleCheckDepth, it keeps v in e.seen while it does.
-func (e *canon) ref(v reflect.Value, depth int) error {
+// encode encodes v with enc, the encoder of its type, after checking the
+// depth.
+func (e *canon) encode(enc encoderFunc, v reflect.Value, depth int) error {
+	if depth > maxDepth {
+		return errTooDeep()
+	}
+	return enc(e, v, depth)
+}
+
+// ref encodes what v, a non-nil pointer, map or slice, refers to, with
+// contents. Past cycleCheckDepth, it keeps v in e.seen while it does.
+func (e *canon) ref(v reflect.Value, depth int, contents encoderFunc) error {
 	if depth <= cycleCheckDepth {
-		return e.refContents(v, depth)
+		return contents(e, v, depth)
 	}
 	k, err := e.seen.enter(v)
 	if err != nil {
 		return err
 	}
-	err = e.refContents(v, depth)
+	err = contents(e, v, depth)
 	delete(e.seen, k)
 	return err
-}
-
-func (e *canon) refContents(v reflect.Value, depth int) error {
-	switch v.Kind() {
-	case reflect.Pointer:
-		return e.value(v.Elem(), depth+1)
-	case reflect.Map:
-		return e.mapValue(v, depth)
-	default:
-		return e.list(v, depth)
-	}
 }
 
 // pathSet holds the pointers, maps and slices on the path from the root to
@@ -272,16 +256,6 @@ func (s *pathSet) enter(v reflect.Value) (pathKey, error) {
 	return k, nil
 }
 
-func (e *canon) list(v reflect.Value, depth int) error {
-	e.header('l', v.Len())
-	for i := range v.Len() {
-		if err := e.value(v.Index(i), depth+1); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
 // marshals reports whether t or *t implements a marshaler the encoding uses.
 func marshals(t reflect.Type) bool {
 	pt := reflect.PointerTo(t)
@@ -305,9 +279,27 @@ func promoted(t reflect.Type) bool {
 	return false
 }
 
-// marshaled encodes a time.Time by its instant, and other values with their
-// binary or text marshaler. A marshaler that panics gives ErrFingerprint.
-func (e *canon) marshaled(v reflect.Value) (err error) {
+// errUnexported is the error for a time.Time or a marshaler type reached
+// through an unexported field, whose value cannot be had.
+func errUnexported(t reflect.Type) error {
+	return fmt.Errorf("%w: %s reached through an unexported field", ErrFingerprint, t)
+}
+
+// encodeTime encodes a time.Time by its instant.
+func encodeTime(e *canon, v reflect.Value, _ int) error {
+	if !v.CanInterface() {
+		return errUnexported(v.Type())
+	}
+	tm, _ := reflect.TypeAssert[time.Time](v)
+	e.tag('t')
+	e.int(tm.Unix())
+	e.int(int64(tm.Nanosecond()))
+	return nil
+}
+
+// encodeMarshaled encodes a value with its binary or text marshaler. A
+// marshaler that panics gives ErrFingerprint.
+func encodeMarshaled(e *canon, v reflect.Value, _ int) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("%w: %s: marshaler panicked: %v", ErrFingerprint, v.Type(), r)
@@ -315,14 +307,7 @@ func (e *canon) marshaled(v reflect.Value) (err error) {
 	}()
 	t := v.Type()
 	if !v.CanInterface() {
-		return fmt.Errorf("%w: %s reached through an unexported field", ErrFingerprint, t)
-	}
-	if t == timeType {
-		tm := v.Interface().(time.Time)
-		e.tag('t')
-		e.int(tm.Unix())
-		e.int(int64(tm.Nanosecond()))
-		return nil
+		return errUnexported(t)
 	}
 	if !v.CanAddr() { // for pointer-receiver methods
 		c := reflect.New(t).Elem()
@@ -345,43 +330,10 @@ func (e *canon) marshaled(v reflect.Value) (err error) {
 	return nil
 }
 
-func (e *canon) structValue(v reflect.Value, depth int) error {
-	p := planFor(v.Type())
-	e.tag('S')
-	var n int
-	var err error
-	if p.recursive {
-		n, err = e.collectedFields(v, p, depth)
-	} else {
-		n, err = e.plannedFields(v, p, depth)
-	}
-	if err != nil {
-		return err
-	}
-	if n == 0 && p.unexported {
-		return fmt.Errorf("%w: %s has no exported fields and no marshaler (an opaque type)", ErrFingerprint, v.Type())
-	}
-	e.tag('E')
-	return nil
-}
-
-// plannedFields encodes the fields of struct v in the order of its plan,
-// and returns how many it encoded.
-func (e *canon) plannedFields(v reflect.Value, p *structPlan, depth int) (int, error) {
-	n := 0
-	for i := range p.fields {
-		f := &p.fields[i]
-		fv, ok := f.resolve(v)
-		if !ok {
-			continue
-		}
-		e.buf = append(e.buf, f.head...)
-		if err := e.value(fv, depth+len(f.index)); err != nil {
-			return 0, err
-		}
-		n++
-	}
-	return n, nil
+// errOpaque is the error for a struct of type t that has unexported fields
+// and no field to encode.
+func errOpaque(t reflect.Type) error {
+	return fmt.Errorf("%w: %s has no exported fields and no marshaler (an opaque type)", ErrFingerprint, t)
 }
 
 // collectedFields encodes the fields of struct v, whose type embeds itself
@@ -456,8 +408,9 @@ func (e *canon) collect(v reflect.Value, p *structPlan, depth int) error {
 	return nil
 }
 
-// structPlan is how the fields of a struct type are encoded, worked out
-// once per type by buildPlan.
+// structPlan is how the fields of a struct type are laid out, worked out
+// once per type by buildPlan. It is the encoder of the type (see
+// newStructEncoder) that adds how each field is encoded.
 type structPlan struct {
 	// fields are the exported fields and those promoted from unexported
 	// embedded structs, sorted by name, equal names in declaration order
@@ -478,6 +431,8 @@ type structPlan struct {
 // planField is a field of a struct plan.
 type planField struct {
 	name string
+	// typ is the type of the field.
+	typ reflect.Type
 	// index leads to the field from the struct, as for
 	// reflect.Value.FieldByIndex: all but the last step are unexported
 	// embedded fields, structs or pointers to structs.
@@ -506,10 +461,9 @@ func (f *planField) resolve(v reflect.Value) (reflect.Value, bool) {
 }
 
 // structPlans caches the plan of every struct type fingerprinted, keyed by
-// reflect.Type, as encoding/json caches its encoders: a plan is worked out,
-// and its fields sorted, once per type rather than on every call. The set
-// of struct types a program fingerprints is fixed by its code, so the cache
-// stays small.
+// reflect.Type: a plan is worked out, and its fields sorted, once per type
+// rather than on every call. The set of struct types a program
+// fingerprints is fixed by its code, so the cache stays small.
 var structPlans sync.Map // map[reflect.Type]*structPlan
 
 func planFor(t reflect.Type) *structPlan {
@@ -550,7 +504,7 @@ func flatten(out []planField, t reflect.Type, prefix []int, stack []reflect.Type
 			switch {
 			case ft.Kind() != reflect.Struct:
 			case slices.Contains(stack, ft): // only through a pointer
-				out = append(out, planField{index: index, embedded: true})
+				out = append(out, planField{typ: f.Type, index: index, embedded: true})
 				*recursive = true
 			default:
 				out = flatten(out, ft, index, append(slices.Clip(stack), ft), recursive)
@@ -561,7 +515,7 @@ func flatten(out []planField, t reflect.Type, prefix []int, stack []reflect.Type
 			continue
 		}
 		head := binary.AppendUvarint([]byte{'n'}, uint64(len(f.Name)))
-		out = append(out, planField{name: f.Name, index: index, head: append(head, f.Name...)})
+		out = append(out, planField{name: f.Name, typ: f.Type, index: index, head: append(head, f.Name...)})
 	}
 	return out
 }
@@ -573,58 +527,4 @@ func hasUnexported(t reflect.Type) bool {
 		}
 	}
 	return false
-}
-
-// span is where a map entry's encoding lies in canon.buf.
-type span struct{ from, to int }
-
-// mapValue encodes the entries of a map sorted by their encoding, so that
-// the result does not depend on iteration order. Entries are compared
-// whole, key then value. Since the encoding is prefix-free (see canon), two
-// keys that encode differently differ at a byte within both, which decides
-// the comparison before any value byte: entries sort by key, as they would
-// by their keys alone. Only keys that encode alike (NaNs, pointers to equal
-// values, structs that differ in fields left out) are ordered by value; and
-// entries that compare equal are the same bytes, so however they are
-// ordered the encoding is the same.
-func (e *canon) mapValue(v reflect.Value, depth int) error {
-	n := v.Len()
-	e.header('m', n)
-	start := len(e.buf)
-	base := len(e.spans)
-	// SetIterKey and SetIterValue reuse k and val instead of allocating a
-	// copy of every entry.
-	k := reflect.New(v.Type().Key()).Elem()
-	val := reflect.New(v.Type().Elem()).Elem()
-	var it reflect.MapIter
-	it.Reset(v)
-	for it.Next() {
-		from := len(e.buf)
-		k.SetIterKey(&it)
-		if err := e.value(k, depth+1); err != nil {
-			return err
-		}
-		val.SetIterValue(&it)
-		if err := e.value(val, depth+1); err != nil {
-			return err
-		}
-		e.spans = append(e.spans, span{from, len(e.buf)})
-	}
-	spans := e.spans[base:]
-	if len(spans) != n {
-		// Only a marshaler that changes the map, or a data race, can do it.
-		return fmt.Errorf("%w: %s changed while being fingerprinted", ErrFingerprint, v.Type())
-	}
-	slices.SortFunc(spans, func(a, b span) int {
-		return bytes.Compare(e.buf[a.from:a.to], e.buf[b.from:b.to])
-	})
-	if !slices.IsSortedFunc(spans, func(a, b span) int { return a.from - b.from }) {
-		e.scratch = e.scratch[:0]
-		for _, s := range spans {
-			e.scratch = append(e.scratch, e.buf[s.from:s.to]...)
-		}
-		copy(e.buf[start:], e.scratch)
-	}
-	e.spans = e.spans[:base]
-	return nil
 }
