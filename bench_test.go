@@ -91,3 +91,28 @@ func BenchmarkFingerprint(b *testing.B) {
 		}
 	}
 }
+
+// TestDoAllocs checks the allocations of Do on memstore: a replay hit makes
+// at most 4 (the store key and fingerprint share one; msgpack allocates the
+// result's three strings). Run without -race (.ci/run does), where
+// sync.Pool keeps what it is given.
+func TestDoAllocs(t *testing.T) {
+	if raceEnabled() {
+		t.Skip("sync.Pool drops items at random under the race detector; .ci/run runs this test without -race")
+	}
+	ctx := context.Background()
+	op := idem.New[benchReq, benchResp](memstore.New())
+	if _, err := op.Do(ctx, "k", benchIn, benchFn); err != nil {
+		t.Fatal(err)
+	}
+	if n := testing.AllocsPerRun(200, func() { _, _ = op.Do(ctx, "k", benchIn, benchFn) }); n > 4 {
+		t.Errorf("replay hit: %v allocations, want at most 4", n)
+	}
+	cached := idem.New[benchReq, benchResp](memstore.New(), idem.WithLocalCache(16))
+	if _, err := cached.Do(ctx, "k", benchIn, benchFn); err != nil {
+		t.Fatal(err)
+	}
+	if n := testing.AllocsPerRun(200, func() { _, _ = cached.Do(ctx, "k", benchIn, benchFn) }); n > 4 {
+		t.Errorf("replay from the local cache: %v allocations, want at most 4", n)
+	}
+}

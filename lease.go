@@ -64,9 +64,9 @@ func (k *keeper) keep() {
 	// The caller's ctx ending does not stop refreshing: fn may still be
 	// winding down, and Commit or Release ends the lease.
 	sent := time.Now()
-	rctx, rcancel := cleanupContext(k.ctx, k.ttl/3)
+	rctx := newCleanupContext(k.ctx, k.ttl/3)
 	err := k.lease.Refresh(rctx, k.ttl)
-	rcancel()
+	rctx.end()
 	next := k.ttl / 3
 	switch {
 	case err == nil:

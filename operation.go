@@ -2,6 +2,7 @@ package idem
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"reflect"
@@ -16,10 +17,11 @@ import (
 type Operation[Req, Resp any] struct {
 	store       Store
 	cfg         *config
-	fingerprint func(Req) (string, error)
-	types       string // the request and result types, kept in records
-	cache       *localCache // nil without WithLocalCache
-	boxes       sync.Pool   // of *Resp, zeroed, to decode into without allocating
+	fingerprint func(Req) ([]byte, error) // WithFingerprint's; nil: the default
+	reqs        sync.Pool                 // of *Req, zeroed, for the default fingerprint
+	types       string                    // the request and result types, kept in records
+	cache       *localCache               // nil without WithLocalCache
+	boxes       sync.Pool                 // of *Resp, zeroed, to decode into without allocating
 	err         error
 }
 
@@ -65,17 +67,11 @@ func New[Req, Resp any](store Store, opts ...Option) *Operation[Req, Resp] {
 	cfg := newConfig(opts)
 	o := &Operation[Req, Resp]{store: store, cfg: cfg, types: typeNames[Req, Resp]()}
 	o.boxes.New = func() any { return new(Resp) }
-	o.fingerprint = func(r Req) (string, error) { return Fingerprint(r) }
+	o.reqs.New = func() any { return new(Req) }
 	switch f := cfg.fingerprint.(type) {
 	case nil:
 	case func(Req) ([]byte, error):
-		o.fingerprint = func(r Req) (string, error) {
-			b, err := f(r)
-			if err != nil {
-				return "", fmt.Errorf("%w: %w", ErrFingerprint, err)
-			}
-			return hashHex(b), nil
-		}
+		o.fingerprint = f
 	default:
 		var r Req
 		cfg.invalid("WithFingerprint: function is %T, want func(%T) ([]byte, error)", f, r)
@@ -161,15 +157,18 @@ func (o *Operation[Req, Resp]) do(ctx context.Context, info *Info, req Req, fn f
 		info.Outcome = OutcomeInvalidKey
 		return zero, err
 	}
-	fp, err := o.fingerprint(req)
+	var hex [2 * sha256.Size]byte
+	fpb, err := o.appendFingerprint(hex[:0], req)
 	if err != nil {
 		info.Outcome = OutcomeInvalid
 		return zero, err
 	}
+	// The store key is always "namespace:key", also with no namespace
+	// (":key"): a namespace holds no ':', so no key of one namespace can
+	// name another's record. It and the fingerprint share one allocation.
+	s := o.cfg.namespace + ":" + info.Key + string(fpb)
+	skey, fp := s[:len(s)-len(fpb)], s[len(s)-len(fpb):]
 	info.Fingerprint = fp
-	// Always "namespace:key", also with no namespace (":key"): a namespace
-	// holds no ':', so no key of one namespace can name another's record.
-	skey := o.cfg.namespace + ":" + info.Key
 	if o.cache != nil {
 		if rec, ok := o.cache.get(skey, time.Now()); ok {
 			resp, outcome, err := o.replay(rec, fp)
@@ -248,6 +247,27 @@ func (o *Operation[Req, Resp]) do(ctx context.Context, info *Info, req Req, fn f
 	}
 }
 
+// appendFingerprint appends the hex fingerprint of req to dst: the SHA-256
+// of what WithFingerprint's function returns, or else the default
+// fingerprint, computed on a pooled copy of req so that req is not boxed
+// into an interface (an allocation) on the way.
+func (o *Operation[Req, Resp]) appendFingerprint(dst []byte, req Req) ([]byte, error) {
+	if o.fingerprint != nil {
+		b, err := o.fingerprint(req)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrFingerprint, err)
+		}
+		return appendHashHex(dst, b), nil
+	}
+	box := o.reqs.Get().(*Req)
+	*box = req
+	dst, err := appendFingerprintValue(dst, reflect.ValueOf(box).Elem())
+	var zero Req
+	*box = zero
+	o.reqs.Put(box)
+	return dst, err
+}
+
 // replay decodes a stored record into the result it holds.
 func (o *Operation[Req, Resp]) replay(b []byte, fp string) (Resp, Outcome, error) {
 	var resp Resp
@@ -307,9 +327,9 @@ func (o *Operation[Req, Resp]) execute(ctx context.Context, info *Info, lease Le
 	// the store grants only to a live lease, before fn starts.
 	if time.Since(acquired) >= o.cfg.lockTTL/3 {
 		sent := time.Now()
-		rctx, cancel := cleanupContext(ctx, o.cfg.lockTTL/3)
+		rctx := newCleanupContext(ctx, o.cfg.lockTTL/3)
 		err := lease.Refresh(rctx, o.cfg.lockTTL)
-		cancel()
+		rctx.end()
 		switch {
 		case errors.Is(err, ErrLeaseLost):
 			return zero, errLeaseExpired
@@ -409,8 +429,8 @@ func (o *Operation[Req, Resp]) encode(resp Resp) ([]byte, error) {
 // after the first Commit was sent: a retried Commit may find the record
 // that an earlier one stored, whose expiry the store counted from then.
 func (o *Operation[Req, Resp]) commit(ctx context.Context, lease Lease, skey string, rec record, ferr error) error {
-	cctx, cancel := cleanupContext(ctx, o.cfg.lockTTL)
-	defer cancel()
+	cctx := newCleanupContext(ctx, o.cfg.lockTTL)
+	defer cctx.end()
 	b := rec.encode()
 	backoff := 5 * time.Millisecond
 	first := time.Now()
@@ -437,15 +457,9 @@ func (o *Operation[Req, Resp]) commit(ctx context.Context, lease Lease, skey str
 }
 
 func (o *Operation[Req, Resp]) release(ctx context.Context, lease Lease) {
-	cctx, cancel := cleanupContext(ctx, o.cfg.lockTTL)
-	defer cancel()
+	cctx := newCleanupContext(ctx, o.cfg.lockTTL)
+	defer cctx.end()
 	// A failed release leaves the lease to expire on its own; the caller
 	// already has fn's outcome, which is what it needs.
 	_ = lease.Release(cctx)
-}
-
-// cleanupContext returns a context for releasing or committing a lease that
-// survives the cancellation of the caller's ctx but not forever.
-func cleanupContext(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.WithoutCancel(ctx), d)
 }

@@ -1,0 +1,67 @@
+package idem
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+)
+
+type ctxKey struct{}
+
+// TestCleanupContext checks that cleanupContext acts as
+// context.WithTimeout(context.WithoutCancel(ctx), d): values kept, the
+// parent's cancellation ignored, Done and Err agreeing at the deadline and
+// after end.
+func TestCleanupContext(t *testing.T) {
+	parent, cancel := context.WithCancel(context.WithValue(context.Background(), ctxKey{}, "v"))
+	cancel()
+	c := newCleanupContext(parent, 30*time.Millisecond)
+	if c.Value(ctxKey{}) != "v" {
+		t.Error("value lost")
+	}
+	if c.Err() != nil || context.Cause(c) != nil {
+		t.Fatalf("Err = %v, Cause = %v before the deadline, with the parent cancelled; want nil", c.Err(), context.Cause(c))
+	}
+	if d, ok := c.Deadline(); !ok || time.Until(d) > 30*time.Millisecond {
+		t.Errorf("Deadline = %v, %v", d, ok)
+	}
+	select {
+	case <-c.Done():
+		t.Fatal("Done closed before the deadline")
+	case <-time.After(100 * time.Millisecond):
+		t.Fatal("Done not closed at the deadline")
+	case <-time.After(10 * time.Millisecond):
+	}
+	<-c.Done()
+	if !errors.Is(c.Err(), context.DeadlineExceeded) {
+		t.Errorf("Err after the deadline = %v", c.Err())
+	}
+
+	// Err sees the deadline before anyone called Done, and Done is then
+	// closed at once.
+	c = newCleanupContext(context.Background(), time.Millisecond)
+	time.Sleep(5 * time.Millisecond)
+	if !errors.Is(c.Err(), context.DeadlineExceeded) {
+		t.Errorf("Err after the deadline, Done never called = %v", c.Err())
+	}
+	select {
+	case <-c.Done():
+	default:
+		t.Error("Done open while Err reports the deadline")
+	}
+
+	// end cancels; a child context sees it.
+	c = newCleanupContext(context.Background(), time.Hour)
+	child, stop := context.WithCancel(c)
+	defer stop()
+	c.end()
+	select {
+	case <-child.Done():
+	case <-time.After(time.Second):
+		t.Fatal("child not cancelled by end")
+	}
+	if !errors.Is(c.Err(), context.Canceled) {
+		t.Errorf("Err after end = %v", c.Err())
+	}
+}
