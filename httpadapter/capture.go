@@ -1,7 +1,7 @@
 package httpadapter
 
 import (
-	"bytes"
+	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -20,6 +20,17 @@ type response struct {
 	Body   []byte
 	Method string
 	Path   string
+	// fields holds the header instead of Header, which is then nil, in a
+	// response read by DecodeMsgpack: a replayed header is only copied
+	// onto the ResponseWriter's, so it is kept as a list, in stored order,
+	// rather than a map. Non-nil for a header stored empty.
+	fields []headerField
+}
+
+// headerField is an entry of response.fields.
+type headerField struct {
+	name   string
+	values []string // nil or empty: the handler deleted it
 }
 
 // recorder is the ResponseWriter a protected handler writes to. It buffers
@@ -38,16 +49,25 @@ type recorder struct {
 	header http.Header // the handler's copy of base
 	status int
 	set    http.Header // the handler's changes, fixed by WriteHeader
-	body   bytes.Buffer
+	// body is the response body so far, in a buffer borrowed from the
+	// request's scratch until finish.
+	body []byte
+	done bool // finish was called: the handler returned
 }
 
-func newRecorder(rw http.ResponseWriter) *recorder {
+// errLateWrite is what Write returns once the handler has returned.
+var errLateWrite = errors.New("httpadapter: write after the handler returned")
+
+// reset readies w for a handler answering on rw, buffering the body in buf.
+func (w *recorder) reset(rw http.ResponseWriter, buf []byte) {
 	base := rw.Header()
-	header := base.Clone()
-	if header == nil {
+	var header http.Header
+	if len(base) > 0 {
+		header = base.Clone()
+	} else {
 		header = make(http.Header)
 	}
-	return &recorder{rw: rw, base: base, header: header}
+	*w = recorder{rw: rw, base: base, header: header, body: buf[:0]}
 }
 
 // Header implements http.ResponseWriter.
@@ -68,24 +88,35 @@ func (w *recorder) WriteHeader(code int) {
 
 // Write implements http.ResponseWriter.
 func (w *recorder) Write(p []byte) (int, error) {
-	if w.status == 0 {
-		w.WriteHeader(http.StatusOK)
+	if err := w.writable(); err != nil {
+		return 0, err
 	}
-	if !bodyAllowed(w.status) {
-		return 0, http.ErrBodyNotAllowed
-	}
-	return w.body.Write(p)
+	w.body = append(w.body, p...)
+	return len(p), nil
 }
 
 // WriteString implements io.StringWriter.
 func (w *recorder) WriteString(s string) (int, error) {
+	if err := w.writable(); err != nil {
+		return 0, err
+	}
+	w.body = append(w.body, s...)
+	return len(s), nil
+}
+
+// writable writes the implicit 200 header if needed, and reports whether
+// the body may be written.
+func (w *recorder) writable() error {
+	if w.done {
+		return errLateWrite
+	}
 	if w.status == 0 {
 		w.WriteHeader(http.StatusOK)
 	}
 	if !bodyAllowed(w.status) {
-		return 0, http.ErrBodyNotAllowed
+		return http.ErrBodyNotAllowed
 	}
-	return w.body.WriteString(s)
+	return nil
 }
 
 // SetReadDeadline forwards to the underlying ResponseWriter, for
@@ -100,12 +131,22 @@ func (w *recorder) SetWriteDeadline(t time.Time) error {
 	return http.NewResponseController(w.rw).SetWriteDeadline(t)
 }
 
-// result returns the response the handler produced.
-func (w *recorder) result() *response {
+// finish ends the handler's response: it fills resp with what the handler
+// produced, its body copied out of the borrowed buffer, and returns that
+// buffer, which w no longer uses: later writes fail.
+func (w *recorder) finish(resp *response) []byte {
 	if w.status == 0 {
 		w.WriteHeader(http.StatusOK)
 	}
-	return &response{Status: w.status, Header: w.set, Body: w.body.Bytes()}
+	var body []byte
+	if len(w.body) > 0 {
+		body = make([]byte, len(w.body))
+		copy(body, w.body)
+	}
+	*resp = response{Status: w.status, Header: w.set, Body: body}
+	buf := w.body
+	w.body, w.done = nil, true
+	return buf
 }
 
 func bodyAllowed(status int) bool {
@@ -113,22 +154,38 @@ func bodyAllowed(status int) bool {
 }
 
 // headerChanges returns the entries of h that differ from base, and an empty
-// entry for each name of base that h lacks. The values are copied.
+// entry for each name of base that h lacks. The values are copied, into one
+// array shared by the entries.
 func headerChanges(base, h http.Header) http.Header {
-	var d http.Header
+	changed, values := 0, 0
 	for k, v := range h {
 		if !slices.Equal(base[k], v) {
-			if d == nil {
-				d = make(http.Header)
-			}
-			d[k] = slices.Clone(v)
+			changed++
+			values += len(v)
 		}
 	}
 	for k := range base {
 		if _, ok := h[k]; !ok {
-			if d == nil {
-				d = make(http.Header)
+			changed++
+		}
+	}
+	if changed == 0 {
+		return nil
+	}
+	d := make(http.Header, changed)
+	all := make([]string, 0, values)
+	for k, v := range h {
+		if !slices.Equal(base[k], v) {
+			if v == nil {
+				d[k] = nil
+				continue
 			}
+			all = append(all, v...)
+			d[k] = all[len(all)-len(v) : len(all) : len(all)]
+		}
+	}
+	for k := range base {
+		if _, ok := h[k]; !ok {
 			d[k] = []string{}
 		}
 	}
@@ -141,19 +198,21 @@ func headerChanges(base, h http.Header) http.Header {
 // handler may set a header map entry under any spelling.
 func storable(resp *response, excluded map[string]bool) *response {
 	var named map[string]bool
-	if excluded["Connection"] {
-		for k, vs := range resp.Header {
-			if http.CanonicalHeaderKey(k) != "Connection" {
-				continue
-			}
-			for _, v := range vs {
-				for n := range strings.SplitSeq(v, ",") {
-					if n = strings.TrimSpace(n); n != "" {
-						if named == nil {
-							named = make(map[string]bool)
-						}
-						named[http.CanonicalHeaderKey(n)] = true
+	connection := excluded["Connection"]
+	drop := false
+	for k, vs := range resp.Header {
+		k = http.CanonicalHeaderKey(k)
+		drop = drop || excluded[k]
+		if !connection || k != "Connection" {
+			continue
+		}
+		for _, v := range vs {
+			for n := range strings.SplitSeq(v, ",") {
+				if n = strings.TrimSpace(n); n != "" {
+					if named == nil {
+						named = make(map[string]bool)
 					}
+					named[http.CanonicalHeaderKey(n)] = true
 				}
 			}
 		}
@@ -162,11 +221,12 @@ func storable(resp *response, excluded map[string]bool) *response {
 		k = http.CanonicalHeaderKey(k)
 		return !excluded[k] && !named[k]
 	}
-	drop := false
-	for k := range resp.Header {
-		if !keep(k) {
-			drop = true
-			break
+	if !drop && named != nil {
+		for k := range resp.Header {
+			if !keep(k) {
+				drop = true
+				break
+			}
 		}
 	}
 	if !drop {

@@ -215,31 +215,9 @@ func (m *middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 		m.problem(w, r, ProblemKeyInvalid, "The Idempotency-Key must be 1 to 255 printable ASCII characters, bare or as a quoted string.")
 		return
 	}
-	req := &request{r: r}
-	var err error
-	req.body, err = readBody(r, m.cfg.maxBody)
-	if err == nil {
-		req.form, err = formDigest(r, m.cfg.maxBody)
-		if err != nil && !errors.Is(err, errTooLarge) {
-			// The body was read; a parsed file that cannot be reread is the
-			// server's failure, not the client's.
-			marks{key: raw[0]}.set(w.Header())
-			m.fail(w, r, err)
-			return
-		}
-	}
-	if err != nil {
-		marks{key: raw[0]}.set(w.Header())
-		if !errors.Is(err, errTooLarge) {
-			m.problem(w, r, ProblemBodyUnreadable, "")
-			return
-		}
-		limit := m.cfg.maxBody
-		var mbe *http.MaxBytesError // an outer http.MaxBytesReader's limit
-		if errors.As(err, &mbe) {
-			limit = min(limit, mbe.Limit)
-		}
-		m.problem(w, r, ProblemBodyTooLarge, fmt.Sprintf("The request body must not exceed %d bytes.", limit))
+	x := &exchange{marks: marks{key: raw[0]}}
+	x.req = request{r: r, scr: getScratch()}
+	if !m.read(w, x) {
 		return
 	}
 	var scope string
@@ -254,24 +232,95 @@ func (m *middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 		})
 	}
 
-	m.do(w, r, next, raw[0], idem.ScopedKey(scope, key), req)
+	m.do(w, r, next, idem.ScopedKey(scope, key), x)
 }
+
+// read reads the request body, and the digest of a form that outer handlers
+// parsed, into x.req. When it cannot, it answers the request and returns
+// false.
+func (m *middleware) read(w http.ResponseWriter, x *exchange) bool {
+	req := &x.req
+	body, err := readBody(req.r, m.cfg.maxBody, req.scr.body)
+	if err == nil {
+		req.body = body
+		if body != nil {
+			req.scr.body = body // keep what the buffer grew to
+		}
+		req.form, err = formDigest(req.r, m.cfg.maxBody)
+		if err == nil {
+			return true
+		}
+		if !errors.Is(err, errTooLarge) {
+			// The body was read; a parsed file that cannot be reread is the
+			// server's failure, not the client's.
+			req.release()
+			x.marks.set(w.Header())
+			m.fail(w, req.r, err)
+			return false
+		}
+	}
+	req.release()
+	x.marks.set(w.Header())
+	if !errors.Is(err, errTooLarge) {
+		m.problem(w, req.r, ProblemBodyUnreadable, "")
+		return false
+	}
+	limit := m.cfg.maxBody
+	var mbe *http.MaxBytesError // an outer http.MaxBytesReader's limit
+	if errors.As(err, &mbe) {
+		limit = min(limit, mbe.Limit)
+	}
+	m.problem(w, req.r, ProblemBodyTooLarge, fmt.Sprintf("The request body must not exceed %d bytes.", limit))
+	return false
+}
+
+// exchange is the state of one protected request, allocated once for it
+// and never reused, so that what the response headers keep of it stays
+// valid.
+type exchange struct {
+	req   request
+	marks marks
+}
+
+// handlerRun is the state of the handler's run, apart from exchange so
+// that a replay does not allocate it; never reused either, so that a
+// handler that keeps its ResponseWriter or request body past its return
+// reaches no other request's.
+type handlerRun struct {
+	body requestBody
+	rec  recorder
+	ran  response // what the handler produced
+}
+
+// requestBody is the request body the handler reads, from the copy read
+// before it ran. Like io.NopCloser's, it has Read, WriteTo and Close.
+type requestBody struct{ r bytes.Reader }
+
+func (b *requestBody) Read(p []byte) (int, error)         { return b.r.Read(p) }
+func (b *requestBody) WriteTo(w io.Writer) (int64, error) { return b.r.WriteTo(w) }
+func (b *requestBody) Close() error                       { return nil }
 
 // do runs the handler under key, or replays its stored response, and
 // answers the client.
-func (m *middleware) do(w http.ResponseWriter, r *http.Request, next http.Handler, rawKey, key string, req *request) {
+func (m *middleware) do(w http.ResponseWriter, r *http.Request, next http.Handler, key string, x *exchange) {
 	var ran *response // what the handler produced, when it ran in this call
 	var dpanic any    // what the disposition function panicked with
 	// Taken before the handler runs, which could change r.URL in place.
 	method, path := r.Method, r.URL.EscapedPath()
-	resp, info, err := m.op.DoInfo(r.Context(), key, req,
+	x.req.path = path
+	resp, info, err := m.op.DoInfo(r.Context(), key, &x.req,
 		func(ctx context.Context, req *request) (*response, error) {
-			rec := newRecorder(w)
+			hr := new(handlerRun)
+			rec := &hr.rec
+			rec.reset(w, req.scr.out)
+			hr.body.r.Reset(req.body)
 			r2 := req.r.WithContext(ctx)
-			r2.Body = io.NopCloser(bytes.NewReader(req.body))
+			r2.Body = &hr.body
 			next.ServeHTTP(rec, r2)
+			hr.body.r.Reset(nil) // the handler returned: no more reading
 			implicit := rec.status == 0
-			ran = rec.result()
+			req.scr.out = rec.finish(&hr.ran)
+			ran = &hr.ran
 			d, p := decide(m.cfg.dispose, ran.Status)
 			switch {
 			case p != nil:
@@ -286,11 +335,16 @@ func (m *middleware) do(w http.ResponseWriter, r *http.Request, next http.Handle
 			s.Method, s.Path = method, path
 			return s, nil
 		})
+	// Nothing points into the scratch buffers any more: idem hashed the
+	// fingerprint, the handler returned, and its body was copied out. (If
+	// the handler panicked, they are left to the garbage collector.)
+	x.req.release()
 	if dpanic != nil {
 		panic(dpanic) // the key is held
 	}
 
-	mk := marks{key: rawKey, signature: info.Fingerprint}
+	mk := &x.marks
+	mk.signature = info.Fingerprint
 	switch info.Outcome {
 	case idem.OutcomeExecuted, idem.OutcomeFnError, idem.OutcomeHeld, idem.OutcomeNotStored:
 		if info.Outcome == idem.OutcomeNotStored {
@@ -365,22 +419,31 @@ type marks struct {
 	status    string // StatusNew or StatusHit, or "" on problems
 	replayed  bool
 	unstored  bool // the handler ran, but its response was not stored
+	// values holds the header values set, so that setting them allocates
+	// nothing more: the marks of a request are set on one response only.
+	values [4]string
 }
 
-// set sets the headers on h.
-func (mk marks) set(h http.Header) {
-	h[HeaderKey] = []string{mk.key}
+// set sets the headers on h. It is called once per response: the values
+// set point into mk.
+func (mk *marks) set(h http.Header) {
+	v := mk.values[:0]
+	add := func(name, value string) {
+		v = append(v, value)
+		h[name] = v[len(v)-1 : len(v) : len(v)]
+	}
+	add(HeaderKey, mk.key)
 	if mk.signature != "" {
-		h[HeaderSignature] = []string{mk.signature}
+		add(HeaderSignature, mk.signature)
 	}
 	if mk.status != "" {
-		h[HeaderStatus] = []string{mk.status}
+		add(HeaderStatus, mk.status)
 	}
 	if mk.replayed {
-		h[HeaderReplayed] = []string{"true"}
+		add(HeaderReplayed, "true")
 	}
 	if mk.unstored {
-		h[HeaderStored] = []string{"false"}
+		add(HeaderStored, "false")
 	}
 }
 
@@ -388,19 +451,28 @@ func (mk marks) set(h http.Header) {
 // idempotency headers, its status and its body. Setting each header whole
 // makes the output independent of map order; net/http sorts header names on
 // the wire.
-func (resp *response) write(w http.ResponseWriter, mk marks) {
+func (resp *response) write(w http.ResponseWriter, mk *marks) {
 	h := w.Header()
 	for k, v := range resp.Header {
-		if len(v) == 0 {
-			delete(h, k)
-		} else {
-			h[k] = v
-		}
+		setHeader(h, k, v)
+	}
+	for _, f := range resp.fields {
+		setHeader(h, f.name, f.values)
 	}
 	mk.set(h)
 	w.WriteHeader(resp.Status)
 	if len(resp.Body) > 0 {
 		// An error means the client is gone; nobody is left to tell.
 		_, _ = w.Write(resp.Body)
+	}
+}
+
+// setHeader sets the header name of h to values, or deletes it when there
+// are none.
+func setHeader(h http.Header, name string, values []string) {
+	if len(values) == 0 {
+		delete(h, name)
+	} else {
+		h[name] = values
 	}
 }

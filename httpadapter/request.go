@@ -12,14 +12,25 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"sync"
 )
 
 // request is the idem request of the middleware: what identifies an HTTP
 // request for its fingerprint, and the request itself for the handler.
 type request struct {
 	r    *http.Request
-	body []byte
+	path string // r.URL.EscapedPath() before the handler ran
+	body []byte // borrowed from scr
 	form []byte // formDigest of r, nil when no form was parsed before
+	scr  *scratch
+}
+
+// release returns the scratch buffers of req to their pool. Nothing may
+// point into them any more.
+func (req *request) release() {
+	req.body = nil
+	req.scr.release()
+	req.scr = nil
 }
 
 // fingerprintVersion starts every fingerprint, so that a future change of
@@ -32,22 +43,17 @@ const fingerprintVersion = "idem-http-1"
 // body, each length-prefixed, then the digest of a form that outer handlers
 // parsed, if any. idem hashes the result. Hashing the body apart keeps a
 // large body from being copied.
+//
+// The encoding is written in the request's scratch buffer, which idem
+// only hashes: the buffer returns to its pool once Do has returned.
 func fingerprinter(headers []string) func(*request) ([]byte, error) {
 	return func(req *request) ([]byte, error) {
 		r := req.r
-		path, query := r.URL.EscapedPath(), r.URL.RawQuery
-		n := len(fingerprintVersion) + len(r.Method) + len(path) + len(query) + sha256.Size + len(req.form) + 4*binary.MaxVarintLen64
-		for _, name := range headers {
-			for _, v := range r.Header[name] {
-				n += len(v) + binary.MaxVarintLen64
-			}
-			n += binary.MaxVarintLen64
-		}
-		b := make([]byte, 0, n)
+		b := req.scr.fp[:0]
 		b = appendString(b, fingerprintVersion)
 		b = appendString(b, r.Method)
-		b = appendString(b, path)
-		b = appendString(b, query)
+		b = appendString(b, req.path)
+		b = appendString(b, r.URL.RawQuery)
 		for _, name := range headers {
 			vs := r.Header[name]
 			b = binary.AppendUvarint(b, uint64(len(vs)))
@@ -59,8 +65,41 @@ func fingerprinter(headers []string) func(*request) ([]byte, error) {
 		b = append(b, sum[:]...)
 		// What follows the headers is the body's digest alone or followed
 		// by the form's: their lengths tell them apart.
-		return append(b, req.form...), nil
+		b = append(b, req.form...)
+		req.scr.fp = b
+		return b, nil
 	}
+}
+
+// scratch holds the buffers that a protected request borrows from
+// scratchPool: its body, the encoding of its fingerprint, and the response
+// body the handler writes. Nothing that outlives the request points into
+// them: the body the handler reads is detached when it returns, the
+// response body is copied out (finish), and idem hashes the fingerprint's
+// encoding before Do returns.
+type scratch struct {
+	body, fp, out []byte
+}
+
+var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
+
+// maxPooled is the largest buffer kept in scratchPool: a larger one, grown
+// for a large body, is left to the garbage collector.
+const maxPooled = 64 << 10
+
+func getScratch() *scratch { return scratchPool.Get().(*scratch) }
+
+// release returns s to its pool. The caller must hold no reference into
+// its buffers.
+func (s *scratch) release() {
+	for _, b := range []*[]byte{&s.body, &s.fp, &s.out} {
+		if cap(*b) > maxPooled {
+			*b = nil
+		} else {
+			*b = (*b)[:0]
+		}
+	}
+	scratchPool.Put(s)
 }
 
 func appendString(b []byte, s string) []byte {
@@ -76,11 +115,12 @@ var errTooLarge = errors.New("httpadapter: request body too large")
 // (decompressing it, say) without updating the length.
 const bodySizeHint = 64 << 10
 
-// readBody reads the body of r whole, up to max bytes; a longer body gives
-// errTooLarge, as does an outer http.MaxBytesReader that ran out (the error
-// then also wraps its *http.MaxBytesError). The body is read to its end
-// whatever its declared length, which serves only as a hint.
-func readBody(r *http.Request, maxBytes int64) ([]byte, error) {
+// readBody reads the body of r whole, up to max bytes, appending it to
+// buf[:0]; a longer body gives errTooLarge, as does an outer
+// http.MaxBytesReader that ran out (the error then also wraps its
+// *http.MaxBytesError). The body is read to its end whatever its declared
+// length, which serves only as a hint. A request without a body gives nil.
+func readBody(r *http.Request, maxBytes int64, buf []byte) ([]byte, error) {
 	if r.Body == nil || r.Body == http.NoBody {
 		return nil, nil
 	}
@@ -88,14 +128,14 @@ func readBody(r *http.Request, maxBytes int64) ([]byte, error) {
 	if limit < math.MaxInt64 {
 		limit++
 	}
-	lr := io.LimitReader(r.Body, limit)
+	lr := io.LimitedReader{R: r.Body, N: limit}
 	size := 512 // as io.ReadAll starts
 	if n := r.ContentLength; n > 0 {
 		// One byte more, so that a body of exactly the declared length
 		// reaches io.EOF without growing the buffer.
 		size = int(min(n, maxBytes, bodySizeHint)) + 1
 	}
-	b := make([]byte, 0, size)
+	b := slices.Grow(buf[:0], size)
 	for {
 		if len(b) == cap(b) {
 			b = append(b, 0)[:len(b)] // grow, as io.ReadAll does
