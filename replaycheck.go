@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -214,8 +215,22 @@ func describe(v reflect.Value) string {
 }
 
 // selfEncoding reports whether t or *t has a method by which a codec lets
-// a value encode itself.
+// a value encode itself. The answer is worked out once per type: the
+// replay check asks it of every value it compares.
 func selfEncoding(t reflect.Type) bool {
+	if v, ok := selfEncoders.Load(t); ok {
+		return v.(bool)
+	}
+	v := hasSelfEncoding(t)
+	selfEncoders.Store(t, v)
+	return v
+}
+
+// selfEncoders caches selfEncoding per reflect.Type. The set of types a
+// program stores is fixed by its code, so it stays small.
+var selfEncoders sync.Map // reflect.Type → bool
+
+func hasSelfEncoding(t reflect.Type) bool {
 	for _, m := range [...]string{"MarshalBinary", "MarshalText", "MarshalJSON", "MarshalMsgpack", "EncodeMsgpack"} {
 		if _, ok := t.MethodByName(m); ok {
 			return true

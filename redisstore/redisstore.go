@@ -200,7 +200,13 @@ func (s *Store) Acquire(ctx context.Context, key, fingerprint string, ttl time.D
 		}
 		// The key was free, and p's obtain either confirms the lease that
 		// setNXGet took or (on older servers) takes it with the script.
-		lock, err := redislock.New(p).Obtain(ctx, rkey, ttl, &redislock.Options{Token: token, Metadata: fingerprint})
+		octx := ctx
+		if p.set {
+			// Nothing is sent; a deadline spares redislock the timer it
+			// would start to bound its retries.
+			octx = deadlined{ctx, time.Now().Add(ttl)}
+		}
+		lock, err := redislock.New(p).Obtain(octx, rkey, ttl, &redislock.Options{Token: token, Metadata: fingerprint})
 		switch {
 		case err == nil:
 			return idem.Acquisition{Lease: &lease{s: s, lock: lock}}, nil
@@ -239,6 +245,15 @@ func (s *Store) setNXGet(ctx context.Context, key, value string, ttl time.Durati
 	}
 	return p, nil
 }
+
+// deadlined is ctx with a deadline, for an Obtain answered locally: its
+// Done is ctx's, since nothing waits on it.
+type deadlined struct {
+	context.Context
+	d time.Time
+}
+
+func (c deadlined) Deadline() (time.Time, bool) { return c.d, true }
 
 // peek is the redis.Scripter given to redislock for one Obtain. Its first
 // script call, the obtain, is answered with success locally when the lease
