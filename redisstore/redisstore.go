@@ -179,24 +179,27 @@ func (s *Store) Acquire(ctx context.Context, key, fingerprint string, ttl time.D
 	rkey := s.prefix + key
 	ttl = ceilMillis(ttl)
 	for range 5 {
-		token, err := newToken()
+		value, err := leaseValue(fingerprint)
 		if err != nil {
 			return idem.Acquisition{}, err
 		}
+		token := value[:tokenLen]
 		var p *peek
 		if !s.legacy.Load() {
-			p, err = s.setNXGet(ctx, rkey, token+fingerprint, ttl)
-			if err != nil && strings.HasPrefix(err.Error(), "ERR syntax error") {
+			found, held, pttl, err := s.setNXGet(ctx, rkey, value, ttl)
+			switch {
+			case err != nil && strings.HasPrefix(err.Error(), "ERR syntax error"):
 				s.legacy.Store(true)
+			case err != nil:
+				return idem.Acquisition{}, wrapErr(err)
+			case found:
+				return acquisition(held, pttl), nil
+			default:
+				p = &peek{UniversalClient: s.client, key: rkey, set: true}
 			}
 		}
-		if s.legacy.Load() {
+		if p == nil {
 			p = &peek{UniversalClient: s.client, key: rkey}
-		} else if err != nil {
-			return idem.Acquisition{}, wrapErr(err)
-		}
-		if p.found {
-			return p.acquisition(), nil
 		}
 		// The key was free, and p's obtain either confirms the lease that
 		// setNXGet took or (on older servers) takes it with the script.
@@ -215,7 +218,7 @@ func (s *Store) Acquire(ctx context.Context, key, fingerprint string, ttl time.D
 		case p.err != nil:
 			return idem.Acquisition{}, wrapErr(p.err)
 		case p.found:
-			return p.acquisition(), nil
+			return acquisition(p.held, p.pttl), nil
 		}
 		// Older servers: freed and taken again between the GET and the obtain.
 	}
@@ -223,27 +226,25 @@ func (s *Store) Acquire(ctx context.Context, key, fingerprint string, ttl time.D
 }
 
 // setNXGet sends SET key value NX GET PX ttl and a PTTL of key in one
-// pipeline. The peek it returns has found set, with what held the key, when
-// the key was held by another value; otherwise the lease is set, and the
-// peek answers redislock's obtain of it with success, locally.
-func (s *Store) setNXGet(ctx context.Context, key, value string, ttl time.Duration) (*peek, error) {
+// pipeline. It reports found, with what held the key and the key's PTTL,
+// when the key was held by another value; otherwise the lease is set.
+func (s *Store) setNXGet(ctx context.Context, key, value string, ttl time.Duration) (found bool, held string, pttl *redis.DurationCmd, err error) {
 	pipe := s.client.Pipeline()
 	set := pipe.Do(ctx, "set", key, value, "px", ttl.Milliseconds(), "nx", "get")
-	pttl := pipe.PTTL(ctx, key)
+	pttl = pipe.PTTL(ctx, key)
 	_, _ = pipe.Exec(ctx) // errors are read from each command
-	p := &peek{UniversalClient: s.client, key: key, set: true, pttl: pttl}
 	v, err := set.Text()
 	switch {
 	case errors.Is(err, redis.Nil), err == nil && v == value:
 		// The key was absent, and the lease is ours; or it holds our lease
 		// already, set by this command before go-redis retried it after a
 		// lost reply (the token is new for every call).
+		return false, "", nil, nil
 	case err == nil:
-		p.found, p.held = true, v
+		return true, v, pttl, nil
 	default:
-		return nil, err
+		return false, "", nil, err
 	}
-	return p, nil
 }
 
 // deadlined is ctx with a deadline, for an Obtain answered locally: its
@@ -273,11 +274,11 @@ type peek struct {
 	pttl  *redis.DurationCmd // the key's remaining TTL
 }
 
-// acquisition is what the key held, with the TTL of a record.
-func (p *peek) acquisition() idem.Acquisition {
-	a := parse(p.held)
-	if a.Record != nil && p.pttl != nil {
-		if d, err := p.pttl.Result(); err == nil && d > 0 {
+// acquisition is what a key held, with the TTL of a record as PTTL read it.
+func acquisition(held string, pttl *redis.DurationCmd) idem.Acquisition {
+	a := parse(held)
+	if a.Record != nil && pttl != nil {
+		if d, err := pttl.Result(); err == nil && d > 0 {
 			a.TTL = d
 		}
 	}
@@ -392,12 +393,17 @@ func ceilMillis(d time.Duration) time.Duration {
 	return max(time.Millisecond, (d + time.Millisecond - 1).Truncate(time.Millisecond))
 }
 
-func newToken() (string, error) {
+// leaseValue returns a new lease value: a new token, leaseMark and 16
+// random bytes in base64url, then fingerprint, in one allocation.
+func leaseValue(fingerprint string) (string, error) {
 	var b [16]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		return "", fmt.Errorf("redisstore: lease token: %w", err)
 	}
-	return leaseMark + base64.RawURLEncoding.EncodeToString(b[:]), nil
+	var t [tokenLen]byte
+	copy(t[:], leaseMark)
+	base64.RawURLEncoding.Encode(t[len(leaseMark):], b[:])
+	return string(t[:]) + fingerprint, nil
 }
 
 // lease is a lease taken by Acquire: a redislock.Lock on the key.
