@@ -13,24 +13,15 @@ import (
 // headers the handler set or changed relative to those present before it
 // ran; a name with no values is one the handler deleted. Method and Path
 // (escaped) are those of the request that stored it: a response is replayed
-// only to its endpoint, even with signature validation off.
+// only to its endpoint, even with signature validation off. With the
+// MessagePack codec, it is encoded by encodeResponse and decoded by
+// decodeResponse (msgpack.go).
 type response struct {
 	Status int
 	Header http.Header
 	Body   []byte
 	Method string
 	Path   string
-	// fields holds the header instead of Header, which is then nil, in a
-	// response read by DecodeMsgpack: a replayed header is only copied
-	// onto the ResponseWriter's, so it is kept as a list, in stored order,
-	// rather than a map. Non-nil for a header stored empty.
-	fields []headerField
-}
-
-// headerField is an entry of response.fields.
-type headerField struct {
-	name   string
-	values []string // nil or empty: the handler deleted it
 }
 
 // recorder is the ResponseWriter a protected handler writes to. It buffers

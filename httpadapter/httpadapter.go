@@ -454,25 +454,16 @@ func (mk *marks) set(h http.Header) {
 func (resp *response) write(w http.ResponseWriter, mk *marks) {
 	h := w.Header()
 	for k, v := range resp.Header {
-		setHeader(h, k, v)
-	}
-	for _, f := range resp.fields {
-		setHeader(h, f.name, f.values)
+		if len(v) == 0 {
+			delete(h, k)
+		} else {
+			h[k] = v
+		}
 	}
 	mk.set(h)
 	w.WriteHeader(resp.Status)
 	if len(resp.Body) > 0 {
 		// An error means the client is gone; nobody is left to tell.
 		_, _ = w.Write(resp.Body)
-	}
-}
-
-// setHeader sets the header name of h to values, or deletes it when there
-// are none.
-func setHeader(h http.Header, name string, values []string) {
-	if len(values) == 0 {
-		delete(h, name)
-	} else {
-		h[name] = values
 	}
 }

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net/http"
+	"reflect"
 	"slices"
 	"sync"
 
@@ -20,10 +22,20 @@ import (
 //	{"Status": int, "Header": {name: [value, ...] or nil, ...} or nil,
 //	 "Body": bin or nil, "Method": str, "Path": str}
 //
-// EncodeMsgpack and DecodeMsgpack write and read that same format, only
+// encodeResponse and decodeResponse write and read that same format, only
 // faster: records stored before they existed replay as before, and older
 // releases replay the records they store. Other codecs (codec.JSON) still
 // go through reflection.
+//
+// They are registered with msgpack rather than made methods of response
+// (msgpack.CustomEncoder and CustomDecoder): idem checks that a result
+// comes back from its codec as the same value by comparing the two field by
+// field, but compares the encodings of a type with encoding methods, which
+// would make a codec that writes maps in random order (gob, say) refuse
+// every response with two headers or more.
+func init() {
+	msgpack.Register(response{}, encodeResponse, decodeResponse)
+}
 
 // Names of the fields of response in its encoding.
 const (
@@ -37,22 +49,25 @@ const (
 // fieldOrder is the order of the fields in the array form of a response.
 var fieldOrder = [...]string{fieldStatus, fieldHeader, fieldBody, fieldMethod, fieldPath}
 
-// EncodeMsgpack implements msgpack.CustomEncoder. It writes what msgpack
-// writes by reflection, with the header names sorted, so that equal
-// responses encode alike.
-func (resp *response) EncodeMsgpack(e *msgpack.Encoder) error {
+// encodeResponse writes the response v, as msgpack writes it by reflection
+// but with the header names sorted, so that equal responses encode alike.
+func encodeResponse(e *msgpack.Encoder, v reflect.Value) error {
+	var resp *response
+	if v.CanAddr() {
+		resp = v.Addr().Interface().(*response)
+	} else {
+		r := v.Interface().(response)
+		resp = &r
+	}
 	w := msgpackWriter{e: e}
 	w.mapLen(5)
 	w.str(fieldStatus)
 	w.int(resp.Status)
 	w.str(fieldHeader)
-	switch {
-	case resp.fields != nil:
-		w.fields(resp.fields)
-	case resp.Header != nil:
-		w.header(resp.Header)
-	default:
+	if resp.Header == nil {
 		w.nil()
+	} else {
+		w.header(resp.Header)
 	}
 	w.str(fieldBody)
 	w.bytes(resp.Body)
@@ -71,34 +86,22 @@ type msgpackWriter struct {
 
 // header writes h, its names sorted.
 func (w *msgpackWriter) header(h map[string][]string) {
-	var small [16]headerField // on the stack for most responses
-	fs := small[:0]
+	type entry struct {
+		name   string
+		values []string
+	}
+	var small [16]entry // on the stack for most responses
+	es := small[:0]
 	for k, vs := range h {
-		fs = append(fs, headerField{k, vs})
+		es = append(es, entry{k, vs})
 	}
-	slices.SortFunc(fs, byName)
-	w.sorted(fs)
-}
-
-// fields writes fs as a header map, its names sorted.
-func (w *msgpackWriter) fields(fs []headerField) {
-	if !slices.IsSortedFunc(fs, byName) {
-		fs = slices.Clone(fs)
-		slices.SortStableFunc(fs, byName)
-	}
-	w.sorted(fs)
-}
-
-// sorted writes fs, sorted by name, as a header map.
-func (w *msgpackWriter) sorted(fs []headerField) {
-	w.mapLen(len(fs))
-	for _, f := range fs {
-		w.str(f.name)
-		w.strings(f.values)
+	slices.SortFunc(es, func(a, b entry) int { return cmp.Compare(a.name, b.name) })
+	w.mapLen(len(es))
+	for _, e := range es {
+		w.str(e.name)
+		w.strings(e.values)
 	}
 }
-
-func byName(a, b headerField) int { return cmp.Compare(a.name, b.name) }
 
 func (w *msgpackWriter) strings(vs []string) {
 	if vs == nil {
@@ -147,18 +150,23 @@ func (w *msgpackWriter) nil() {
 	}
 }
 
-// DecodeMsgpack implements msgpack.CustomDecoder. It reads what
-// EncodeMsgpack writes, and what msgpack writes by reflection: fields in
-// any order, unknown ones skipped, a string or binary (or nil, as empty)
-// wherever text is expected. The header is read into resp.fields, and its
-// names and values, the method and the path share one allocation.
+// decodeResponse reads into the response v what encodeResponse writes, and
+// what msgpack writes by reflection: fields by name in any order, unknown
+// ones skipped, or all in an array; a string or binary (or nil, as empty)
+// wherever text is expected. The header names and values, the method and
+// the path are sliced from one string, and the header's value slices from
+// one array.
 //
 // When the decoder reads from a bytes.Reader, as msgpack.Unmarshal and
 // idem's codec do, the rest of the input is decoded as a slice, which is
 // much faster than through the decoder; else the value is read raw first.
 // Strings interned by msgpack (Encoder.UseInternedStrings, dictionaries),
 // which idem's codec does not use, are not read.
-func (resp *response) DecodeMsgpack(d *msgpack.Decoder) error {
+func decodeResponse(d *msgpack.Decoder, v reflect.Value) error {
+	if !v.CanAddr() {
+		return fmt.Errorf("httpadapter: decoding into an unaddressable %s", v.Type())
+	}
+	resp := v.Addr().Interface().(*response)
 	st := decodePool.Get().(*decodeState)
 	defer st.release()
 	br, direct := d.Buffered().(*bytes.Reader)
@@ -189,7 +197,7 @@ func (resp *response) DecodeMsgpack(d *msgpack.Decoder) error {
 	return nil
 }
 
-// decodeState is where DecodeMsgpack keeps the input and gathers the text
+// decodeState is where decodeResponse keeps the input and gathers the text
 // of a response before it copies that into one string. It holds no
 // reference to what it decoded once released.
 type decodeState struct {
@@ -275,7 +283,7 @@ func (st *decodeState) decode(r *msgpackReader, resp *response) error {
 	text := string(st.text)
 	resp.Method, resp.Path = text[method.from:method.to], text[path.from:path.to]
 	if st.header {
-		resp.fields = st.buildFields(text)
+		resp.Header = st.buildHeader(text)
 	}
 	return nil
 }
@@ -317,22 +325,23 @@ func (st *decodeState) readHeader(r *msgpackReader) error {
 	return nil
 }
 
-// buildFields returns the header read, its strings sliced from text. The
+// buildHeader returns the header read, its strings sliced from text. The
 // values share one array; each entry's are capped, so that appending to
 // them does not write over the next.
-func (st *decodeState) buildFields(text string) []headerField {
-	fields := make([]headerField, len(st.entries)) // not nil, even when empty
+func (st *decodeState) buildHeader(text string) http.Header {
+	h := make(http.Header, len(st.entries))
 	values := make([]string, len(st.values))
 	for i, v := range st.values {
 		values[i] = text[v.from:v.to]
 	}
-	for i, e := range st.entries {
-		fields[i].name = text[e.name.from:e.name.to]
+	for _, e := range st.entries {
+		var vs []string
 		if e.n >= 0 {
-			fields[i].values = values[e.first : e.first+e.n : e.first+e.n]
+			vs = values[e.first : e.first+e.n : e.first+e.n]
 		}
+		h[text[e.name.from:e.name.to]] = vs
 	}
-	return fields
+	return h
 }
 
 // msgpackReader reads MessagePack values from a slice.
