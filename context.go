@@ -44,16 +44,15 @@ func (c *cleanupContext) Done() <-chan struct{} {
 
 // Err returns context.DeadlineExceeded once the deadline has passed, also
 // before the timer has fired (Done is then closed on the way), and
-// context.Canceled after end.
+// context.Canceled after end; once it returns an error, it returns that
+// error ever after.
 func (c *cleanupContext) Err() error {
 	c.mu.Lock()
-	err := c.err
-	c.mu.Unlock()
-	if err == nil && !time.Now().Before(c.deadline) {
-		c.expire()
-		return context.DeadlineExceeded
+	defer c.mu.Unlock()
+	if c.err == nil && !time.Now().Before(c.deadline) {
+		c.finishLocked(context.DeadlineExceeded)
 	}
-	return err
+	return c.err
 }
 
 func (c *cleanupContext) String() string { return "idem.cleanupContext" }
@@ -66,6 +65,11 @@ func (c *cleanupContext) end() { c.finish(context.Canceled) }
 func (c *cleanupContext) finish(err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.finishLocked(err)
+}
+
+// finishLocked ends c with err, unless it has ended. c.mu is held.
+func (c *cleanupContext) finishLocked(err error) {
 	if c.err != nil {
 		return
 	}

@@ -65,3 +65,18 @@ func TestCleanupContext(t *testing.T) {
 		t.Errorf("Err after end = %v", c.Err())
 	}
 }
+
+// TestCleanupContextErrStable checks that Err, once it returns an error,
+// returns the same one, when the deadline and end race.
+func TestCleanupContextErrStable(t *testing.T) {
+	for range 20000 {
+		c := newCleanupContext(context.Background(), 0)
+		done := make(chan struct{})
+		go func() { c.end(); close(done) }()
+		first := c.Err()
+		<-done
+		if first == nil || c.Err() != first {
+			t.Fatalf("Err returned %v, then %v", first, c.Err())
+		}
+	}
+}

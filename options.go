@@ -179,10 +179,16 @@ func WithDisposition(decide func(err error) Disposition) Option {
 // exclusive lock: a key read again stays cached, while keys used once (most
 // idempotency keys) pass through without displacing it.
 //
-// The cache has one weakness: a record deleted from the store behind idem's
-// back (an operator purging a key) is still replayed from the cache of
-// every process that holds it, until the record's TTL (WithTTL) would have
-// ended. Call Operation.Forget in each process to drop it sooner.
+// The cache has one weakness: a record that leaves the store before its
+// TTL ends is still replayed from the cache of every process that holds
+// it, until the record's TTL (WithTTL) would have ended, while a call
+// elsewhere finds the key free and runs fn again. That happens when an
+// operator purges a key, when memstore's WithMaxEntries evicts a live
+// record, and when Redis evicts a key (any maxmemory-policy but noeviction)
+// or loses it in a failover. Call Operation.Forget in each process, once
+// the purge is done, to drop it sooner; do not combine the cache with a
+// store that evicts live records. The bound n counts records, not bytes:
+// budget n times the size of the largest record.
 func WithLocalCache(n int) Option {
 	return func(c *config) {
 		if n < 0 {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/internal/redistest"
 	"github.com/idemkit/idem/redisstore"
 )
 
@@ -108,5 +109,32 @@ func TestLocalCacheForget(t *testing.T) {
 	op.Forget("k")
 	if v, info, err := op.DoInfo(ctx, "k", "req", fn); err != nil || v != 2 || info.Outcome != idem.OutcomeExecuted {
 		t.Fatalf("after Forget: %d, %v, %v; want 2, executed", v, info.Outcome, err)
+	}
+}
+
+// TestRecordTTLRoundedUp checks that a record's TTL is rounded up to whole
+// milliseconds, as a lease's is: rounded down, Redis would drop the record
+// before a local cache, which keeps it for the full TTL, lets it go, and a
+// caller elsewhere would run fn again while this process replays.
+func TestRecordTTLRoundedUp(t *testing.T) {
+	client := redistest.Single(t)
+	sent := &scriptArgs{}
+	client.AddHook(sent)
+	s := redisstore.New(client, redisstore.WithPrefix(fmt.Sprint("rttl:", time.Now().UnixNano(), ":")))
+	ctx := context.Background()
+	a, err := s.Acquire(ctx, "k", "fp", time.Minute)
+	if err != nil || a.Lease == nil {
+		t.Fatalf("Acquire: %+v, %v", a, err)
+	}
+	sent.reset()
+	if err := a.Lease.Commit(ctx, []byte("rec"), 30*time.Millisecond+950*time.Microsecond); err != nil {
+		t.Fatal(err)
+	}
+	args := sent.last()
+	if len(args) == 0 {
+		t.Fatal("Commit sent no script")
+	}
+	if px := fmt.Sprint(args[len(args)-1]); px != "31" {
+		t.Fatalf("a record TTL of 30.95 ms was sent as PX %s, want 31", px)
 	}
 }

@@ -32,7 +32,8 @@
 //
 // A replay costs one round trip and a first execution two. Acquire asks
 // redislock to obtain the lease, and answers redislock's obtain in the same
-// pipeline as a read of the key and its PTTL: on Redis 7.0 and newer with
+// transaction (MULTI/EXEC, one round trip) as a read of the key and its
+// PTTL: on Redis 7.0 and newer with
 // the plain command SET key lease NX GET PX ttl, which sets the lease when
 // the key is absent and returns the record (or the holder's lease) when it
 // is not, so a replay runs no script on the server; on older servers with
@@ -134,7 +135,7 @@ type Store struct {
 	prefix           string
 	pollMin, pollMax time.Duration
 	// legacy is set once the server refused SET NX GET (Redis before
-	// 7.0): Acquire then pipelines GET and redislock's obtain script.
+	// 7.0): Acquire then sends GET and redislock's obtain script.
 	legacy atomic.Bool
 }
 
@@ -159,19 +160,18 @@ func New(client redis.UniversalClient, opts ...Option) *Store {
 // errNilClient is returned by a Store made with a nil client.
 var errNilClient = errors.New("redisstore: nil redis client")
 
-// Acquire implements idem.Store in one round trip (rarely more, when the key
-// changes hands between the two commands of the older servers' pipeline).
+// Acquire implements idem.Store in one round trip.
 //
 // On Redis 7.0 and newer it sends the plain command SET key lease NX GET PX
-// ttl, with a PTTL of the key in the same pipeline: the SET takes the lease
+// ttl, with a PTTL of the key in the same transaction (MULTI/EXEC): the SET takes the lease
 // when the key is absent and returns what holds the key otherwise, so a
 // replay runs no script on the server and no lock machinery in the client.
 // When the SET took the lease, redislock makes the Lock for it (its obtain
 // is answered locally, the lease being set already), and that Lock's
 // scripts refresh and release it. Older servers answer the command with a
 // syntax error (NX and GET together came in 7.0); the Store then keeps to
-// a pipeline of GET and redislock's obtain script, for this call and every
-// later one.
+// a transaction of GET, redislock's obtain script and PTTL, for this call
+// and every later one.
 func (s *Store) Acquire(ctx context.Context, key, fingerprint string, ttl time.Duration) (idem.Acquisition, error) {
 	if s.client == nil {
 		return idem.Acquisition{}, errNilClient
@@ -220,16 +220,19 @@ func (s *Store) Acquire(ctx context.Context, key, fingerprint string, ttl time.D
 		case p.found:
 			return acquisition(p.held, p.pttl), nil
 		}
-		// Older servers: freed and taken again between the GET and the obtain.
+		// Not reached while GET and the obtain travel in one transaction;
+		// kept so that a reply the two disagree on is looked at again.
 	}
 	return idem.Acquisition{}, fmt.Errorf("redisstore: key %q changed hands 5 times during one Acquire", key)
 }
 
 // setNXGet sends SET key value NX GET PX ttl and a PTTL of key in one
-// pipeline. It reports found, with what held the key and the key's PTTL,
+// transaction, one round trip. It reports found, with what held the key and the key's PTTL,
 // when the key was held by another value; otherwise the lease is set.
 func (s *Store) setNXGet(ctx context.Context, key, value string, ttl time.Duration) (found bool, held string, pttl *redis.DurationCmd, err error) {
-	pipe := s.client.Pipeline()
+	// MULTI/EXEC, in the same round trip: the PTTL must be that of what
+	// the SET found, with no other client's command between them.
+	pipe := s.client.TxPipeline()
 	set := pipe.Do(ctx, "set", key, value, "px", ttl.Milliseconds(), "nx", "get")
 	pttl = pipe.PTTL(ctx, key)
 	_, _ = pipe.Exec(ctx) // errors are read from each command
@@ -258,7 +261,7 @@ func (c deadlined) Deadline() (time.Time, bool) { return c.d, true }
 
 // peek is the redis.Scripter given to redislock for one Obtain. Its first
 // script call, the obtain, is answered with success locally when the lease
-// is set already (set), and otherwise sent in one pipeline with a GET of the
+// is set already (set), and otherwise sent in one transaction with a GET of the
 // key and a PTTL, so that a failed obtain costs no extra round trip to
 // learn what holds the key, nor how long a record has left. Later calls
 // (the Lock's refreshes and release) go straight through.
@@ -300,7 +303,7 @@ func (p *peek) Eval(ctx context.Context, script string, keys []string, args ...a
 }
 
 // obtain answers the obtain script's call: "OK" when the lease is set
-// already, else the script's own reply, sent in one pipeline with a GET of
+// already, else the script's own reply, sent in one transaction with a GET of
 // the key and a PTTL.
 func (p *peek) obtain(ctx context.Context, script func(redis.Pipeliner) *redis.Cmd) *redis.Cmd {
 	p.sent = true
@@ -309,7 +312,7 @@ func (p *peek) obtain(ctx context.Context, script func(redis.Pipeliner) *redis.C
 		cmd.SetVal("OK")
 		return cmd
 	}
-	pipe := p.Pipeline()
+	pipe := p.TxPipeline() // see setNXGet
 	get := pipe.Get(ctx, p.key)
 	cmd := script(pipe)
 	p.pttl = pipe.PTTL(ctx, p.key)
@@ -382,9 +385,6 @@ func wrapErr(err error) error {
 	return err
 }
 
-// millis converts d to whole milliseconds for PX, at least 1.
-func millis(d time.Duration) int64 { return max(1, d.Milliseconds()) }
-
 // ceilMillis rounds d up to a whole number of milliseconds, at least one:
 // redislock truncates lease TTLs to milliseconds, which would make a lease
 // up to 1 ms shorter than idem's keep-alive assumes, and turn a refresh
@@ -433,7 +433,10 @@ func (l *lease) Refresh(ctx context.Context, ttl time.Duration) error {
 // bytes committed by whoever took it over.
 func (l *lease) Commit(ctx context.Context, record []byte, ttl time.Duration) error {
 	value := l.lock.Token() + l.lock.Metadata()
-	n, err := commitScript.Run(ctx, l.s.client, []string{l.lock.Key()}, value, recordValue(l.lock.Token(), record), millis(ttl)).Int()
+	// Rounded up, as leases are: a record must live at least ttl, or a
+	// local cache (idem.WithLocalCache), which keeps it for ttl, would
+	// outlive it.
+	n, err := commitScript.Run(ctx, l.s.client, []string{l.lock.Key()}, value, recordValue(l.lock.Token(), record), ceilMillis(ttl).Milliseconds()).Int()
 	if err != nil {
 		return wrapErr(err)
 	}

@@ -88,8 +88,8 @@ func TestRoundTrips(t *testing.T) {
 		legacy        bool
 		first, replay []string
 	}{
-		{"set-nx-get", false, []string{"set", "pttl", "evalsha"}, []string{"set", "pttl"}},
-		{"legacy", true, []string{"get", "evalsha", "pttl", "evalsha"}, []string{"get", "evalsha", "pttl"}},
+		{"set-nx-get", false, []string{"multi", "set", "pttl", "exec", "evalsha"}, []string{"multi", "set", "pttl", "exec"}},
+		{"legacy", true, []string{"multi", "get", "evalsha", "pttl", "exec", "evalsha"}, []string{"multi", "get", "evalsha", "pttl", "exec"}},
 	}
 	for name, c := range countedClients(t) {
 		for _, path := range paths {
