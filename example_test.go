@@ -165,3 +165,42 @@ func ExampleWithDisposition() {
 	// final_error then replayed card declined
 	// held then in_flight idem: request with this idempotency key is in flight
 }
+
+// storeCalls counts the calls that reach a store.
+type storeCalls struct {
+	idem.Store
+	n int
+}
+
+func (s *storeCalls) Acquire(ctx context.Context, key, fp string, ttl time.Duration) (idem.Acquisition, error) {
+	s.n++
+	return s.Store.Acquire(ctx, key, fp, ttl)
+}
+
+// With a local cache, retries of a key completed in this process are
+// answered without asking the store; a request that reuses the key for
+// something else is refused from the cache as from the store. Forget drops
+// an entry, for example after an operator purged the key from the store.
+func ExampleWithLocalCache() {
+	store := &storeCalls{Store: memstore.New()}
+	charges := idem.New[ChargeRequest, Charge](store, idem.WithLocalCache(10_000))
+	charge := func(ctx context.Context, r ChargeRequest) (Charge, error) {
+		return Charge{ID: "ch_1", Amount: r.Amount}, nil
+	}
+	ctx := context.Background()
+	req := ChargeRequest{Customer: "cus_1", Amount: 1999}
+
+	c, _ := charges.Do(ctx, "order-42", req, charge)
+	for range 3 {
+		c, _ = charges.Do(ctx, "order-42", req, charge) // retries
+	}
+	_, err := charges.Do(ctx, "order-42", ChargeRequest{Customer: "cus_1", Amount: 5}, charge)
+	fmt.Println(c.ID, "store calls:", store.n, "reused:", errors.Is(err, idem.ErrKeyReused))
+
+	charges.Forget("order-42")
+	c, _ = charges.Do(ctx, "order-42", req, charge)
+	fmt.Println(c.ID, "store calls:", store.n)
+	// Output:
+	// ch_1 store calls: 1 reused: true
+	// ch_1 store calls: 2
+}

@@ -14,6 +14,16 @@
 // shared between subtests, or with other users, does not need flushing.
 // The suite sleeps for lease and record expiry in tens of milliseconds, and
 // takes a few seconds in all.
+//
+// For idem.WithLocalCache, a store should report with every record it
+// returns from Acquire how long the record has left (Acquisition.TTL), by
+// its own clock, rounded down, and keep every record at least the TTL it
+// was committed with (round a TTL up to the store's resolution, never
+// down): the cache keeps a record until the Acquire was sent plus the
+// reported TTL, or the Commit was sent plus the committed TTL, and must
+// never outlive it. A store that reports no TTL is correct, but only the
+// records a process committed itself are cached there. The RecordTTL and
+// LocalCache* cases check this.
 package idemtest
 
 import (
