@@ -82,6 +82,11 @@ func (MsgPack) Marshal(v any) (_ []byte, err error) {
 // without its unbounded recursion on data nested more than MaxDepth levels
 // deep (that error wraps ErrTooDeep); a panic inside msgpack/v5 on such
 // bytes (it has some, found by fuzzing) is returned as an error too.
+//
+// A pointer to a flat struct (exported fields of basic kinds, simply
+// tagged) is decoded without msgpack/v5's reflection, to the value
+// msgpack/v5 would decode; other values, and data that path is not sure
+// of, are decoded by msgpack/v5 (see fastdecode.go).
 func (MsgPack) Unmarshal(data []byte, v any) (err error) {
 	if err := checkMsgpack(data); err != nil {
 		return err
@@ -91,6 +96,9 @@ func (MsgPack) Unmarshal(data []byte, v any) (err error) {
 			err = fmt.Errorf("%w: %v", errMsgpack, r)
 		}
 	}()
+	if fastUnmarshal(data, v) { // flat structs, as msgpack/v5 would decode them
+		return nil
+	}
 	return unmarshal(data, v)
 }
 
