@@ -168,6 +168,9 @@ func (c *sameChecker) same(a, b reflect.Value, depth int) *diff {
 		if a.Len() != b.Len() {
 			return mismatch("%d entries come back as %d", a.Len(), b.Len())
 		}
+		if sameNativeMaps(a, b) {
+			return nil
+		}
 		it := a.MapRange()
 		for it.Next() {
 			bv := b.MapIndex(it.Key())
@@ -190,6 +193,50 @@ func (c *sameChecker) same(a, b reflect.Value, depth int) *diff {
 		}
 	}
 	return nil
+}
+
+var (
+	stringMapType      = reflect.TypeFor[map[string]string]()
+	stringSliceMapType = reflect.TypeFor[map[string][]string]()
+)
+
+// sameNativeMaps reports whether a and b, maps of one type, are maps from
+// string to string or to []string (named or not, as http.Header is) that
+// hold equal entries by the rules of same: a nil slice and an empty one
+// differ. It compares them without reflection, which would copy every key
+// and value; false means they differ or are of another kind, and the
+// caller compares them the slow way, which also says where they differ.
+func sameNativeMaps(a, b reflect.Value) bool {
+	if !a.CanInterface() || !b.CanInterface() {
+		return false
+	}
+	switch t := a.Type(); {
+	case t.ConvertibleTo(stringMapType): // map[string]string, or a named type of it
+		ma := a.Convert(stringMapType).Interface().(map[string]string)
+		mb := b.Convert(stringMapType).Interface().(map[string]string)
+		for k, va := range ma {
+			if vb, ok := mb[k]; !ok || va != vb {
+				return false
+			}
+		}
+		return true
+	case t.ConvertibleTo(stringSliceMapType): // as http.Header
+		ma := a.Convert(stringSliceMapType).Interface().(map[string][]string)
+		mb := b.Convert(stringSliceMapType).Interface().(map[string][]string)
+		for k, va := range ma {
+			vb, ok := mb[k]
+			if !ok || (va == nil) != (vb == nil) || len(va) != len(vb) {
+				return false
+			}
+			for i := range va {
+				if va[i] != vb[i] {
+					return false
+				}
+			}
+		}
+		return true
+	}
+	return false
 }
 
 func differ(a, b reflect.Value) *diff {
