@@ -53,7 +53,9 @@ func unmarshal(data []byte, v any) error {
 	c := coders.Get().(*msgpackCoder)
 	c.r.Reset(data)
 	c.dec.Reset(&c.r)
-	c.dec.UsePreallocateValues(true) // as msgpack.Unmarshal
+	// Unlike msgpack.Unmarshal, no UsePreallocateValues: it hands out new
+	// values through a channel fed by a goroutine per type, which costs a
+	// receive per decoded pointer; reflect.New is cheaper.
 	err := c.dec.Decode(v)
 	c.r.Reset(nil) // hold no reference to data
 	coders.Put(c)
