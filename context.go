@@ -23,7 +23,13 @@ type cleanupContext struct {
 }
 
 func newCleanupContext(ctx context.Context, d time.Duration) *cleanupContext {
-	return &cleanupContext{Context: context.WithoutCancel(ctx), deadline: time.Now().Add(d)}
+	return newCleanupContextAt(ctx, time.Now(), d)
+}
+
+// newCleanupContextAt is newCleanupContext for a caller that has just read
+// the clock: now.
+func newCleanupContextAt(ctx context.Context, now time.Time, d time.Duration) *cleanupContext {
+	return &cleanupContext{Context: context.WithoutCancel(ctx), deadline: now.Add(d)}
 }
 
 func (c *cleanupContext) Deadline() (time.Time, bool) { return c.deadline, true }

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/idemkit/idem/codec"
 )
 
 // Operation runs a function at most once per idempotency key and replays its
@@ -363,15 +365,16 @@ func (o *Operation[Req, Resp]) execute(ctx context.Context, info *Info, lease Le
 	keeper.stop()
 
 	rec := record{fingerprint: fp, codec: o.cfg.codec.Name(), types: o.types}
+	var b []byte // the encoded record
 	if ferr == nil {
-		payload, err := o.encode(resp)
-		if err != nil {
+		rec.kind = kindValue
+		var err error
+		if b, err = o.encode(rec, resp); err != nil {
 			// fn succeeded but its result cannot be stored: held, as above.
 			settled = true
 			info.Outcome = OutcomeNotStored
 			return resp, fmt.Errorf("%w: %w", ErrNotStored, err)
 		}
-		rec.kind, rec.payload = kindValue, payload
 		info.Outcome = OutcomeExecuted
 	} else {
 		switch dispose(ferr, o.cfg.dispose) {
@@ -379,6 +382,7 @@ func (o *Operation[Req, Resp]) execute(ctx context.Context, info *Info, lease Le
 			// Store only what can be read back: a message that is not
 			// UTF-8 would make every replay a corrupt record.
 			rec.kind, rec.payload = kindError, []byte(strings.ToValidUTF8(ferr.Error(), "\uFFFD"))
+			b = rec.encode()
 			info.Outcome = OutcomeFinalError
 		case Hold:
 			settled = true
@@ -392,20 +396,33 @@ func (o *Operation[Req, Resp]) execute(ctx context.Context, info *Info, lease Le
 		}
 	}
 	settled = true
-	err := o.commit(ctx, lease, skey, rec, ferr)
+	err := o.commit(ctx, lease, skey, b, ferr)
 	if errors.Is(err, ErrNotStored) {
 		info.Outcome = OutcomeNotStored
 	}
 	return resp, err
 }
 
-// encode encodes resp, decodes the result once and compares it with resp,
-// so that a value the codec cannot bring back as the same value (a struct
-// in an interface field, a type it encodes but does not decode) is refused
-// now instead of replayed as something else, or stored as a record no call
-// can replay.
-func (o *Operation[Req, Resp]) encode(resp Resp) ([]byte, error) {
-	payload, err := o.cfg.codec.Marshal(resp)
+// encode returns the record rec with resp as its payload. It decodes the
+// payload once and compares it with resp, so that a value the codec cannot
+// bring back as the same value (a struct in an interface field, a type it
+// encodes but does not decode) is refused now instead of replayed as
+// something else, or stored as a record no call can replay. A codec that
+// appends (codec.Appender) writes the payload behind the header, in one
+// allocation.
+func (o *Operation[Req, Resp]) encode(rec record, resp Resp) ([]byte, error) {
+	var b, payload []byte
+	var err error
+	if ap, ok := o.cfg.codec.(codec.Appender); ok {
+		h := rec.appendHeader(make([]byte, 0, rec.headerLen()+128))
+		if b, err = ap.AppendMarshal(h, resp); err == nil {
+			payload = b[len(h):]
+		}
+	} else if payload, err = o.cfg.codec.Marshal(resp); err == nil {
+		rec.payload = payload
+		b = rec.encode()
+		payload = b[len(b)-len(payload):]
+	}
 	if err != nil {
 		return nil, fmt.Errorf("encoding result: %w", err)
 	}
@@ -419,21 +436,20 @@ func (o *Operation[Req, Resp]) encode(resp Resp) ([]byte, error) {
 	if err := checkReplay(reflect.ValueOf(orig).Elem(), reflect.ValueOf(back).Elem(), o.cfg.codec.Marshal); err != nil {
 		return nil, fmt.Errorf("result would not replay as the same value: %w", err)
 	}
-	return payload, nil
+	return b, nil
 }
 
-// commit stores rec under lease on skey. A failure other than a lost lease
+// commit stores the record b under lease on skey. A failure other than a lost lease
 // is retried with backoff for as long as the lease may still be held: a
 // result not stored means a retry of the whole call runs fn again. A
 // record stored is also cached locally (WithLocalCache), to expire a TTL
 // after the first Commit was sent: a retried Commit may find the record
 // that an earlier one stored, whose expiry the store counted from then.
-func (o *Operation[Req, Resp]) commit(ctx context.Context, lease Lease, skey string, rec record, ferr error) error {
-	cctx := newCleanupContext(ctx, o.cfg.lockTTL)
-	defer cctx.end()
-	b := rec.encode()
-	backoff := 5 * time.Millisecond
+func (o *Operation[Req, Resp]) commit(ctx context.Context, lease Lease, skey string, b []byte, ferr error) error {
 	first := time.Now()
+	cctx := newCleanupContextAt(ctx, first, o.cfg.lockTTL)
+	defer cctx.end()
+	backoff := 5 * time.Millisecond
 	for {
 		err := lease.Commit(cctx, b, o.cfg.ttl)
 		if err == nil {

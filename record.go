@@ -30,15 +30,24 @@ type record struct {
 }
 
 func (r record) encode() []byte {
-	b := make([]byte, 0, len(recordMagic)+4+len(r.fingerprint)+len(r.codec)+len(r.types)+len(r.payload))
+	b := r.appendHeader(make([]byte, 0, r.headerLen()+len(r.payload)))
+	return append(b, r.payload...)
+}
+
+// headerLen is the length of r's header: all of the record but its payload.
+func (r record) headerLen() int {
+	return len(recordMagic) + 4 + len(r.fingerprint) + len(r.codec) + len(r.types)
+}
+
+// appendHeader appends r's header to b.
+func (r record) appendHeader(b []byte) []byte {
 	b = append(b, recordMagic...)
 	b = append(b, r.kind, byte(len(r.fingerprint)))
 	b = append(b, r.fingerprint...)
 	b = append(b, byte(len(r.codec)))
 	b = append(b, r.codec...)
 	b = append(b, byte(len(r.types)))
-	b = append(b, r.types...)
-	return append(b, r.payload...)
+	return append(b, r.types...)
 }
 
 var errShort = errors.New("truncated")

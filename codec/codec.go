@@ -19,6 +19,15 @@ import (
 	"fmt"
 )
 
+// An Appender is a Codec that can append an encoding to a slice, as
+// encoding.BinaryAppender does for a value: idem then builds a record's
+// header and payload in one allocation. MsgPack is one.
+type Appender interface {
+	// AppendMarshal appends the encoding of v, as Marshal encodes it, to
+	// dst, and returns the extended slice.
+	AppendMarshal(dst []byte, v any) ([]byte, error)
+}
+
 // A Codec encodes and decodes stored results. Implementations must be safe
 // for concurrent use, and Unmarshal must return an error, never panic, on
 // bytes it did not write.
@@ -55,7 +64,11 @@ func (MsgPack) Name() string { return "msgpack" }
 // stops at values that encode themselves (msgpack.CustomEncoder,
 // msgpack.Marshaler, encoding.BinaryMarshaler, encoding.TextMarshaler,
 // time.Time, error): a cycle inside them is theirs to handle.
-func (MsgPack) Marshal(v any) (_ []byte, err error) {
+func (m MsgPack) Marshal(v any) ([]byte, error) { return m.AppendMarshal(nil, v) }
+
+// AppendMarshal appends the encoding of v to dst, as Marshal encodes it and
+// with the same checks, and returns the extended slice.
+func (MsgPack) AppendMarshal(dst []byte, v any) (_ []byte, err error) {
 	if _, err := msgpackDialect.check(v); err != nil {
 		return nil, err
 	}
@@ -66,14 +79,15 @@ func (MsgPack) Marshal(v any) (_ []byte, err error) {
 			err = fmt.Errorf("codec: msgpack: encoding panicked: %v", r)
 		}
 	}()
-	b, err := marshal(v)
+	n := len(dst)
+	dst, err = appendMarshal(dst, v)
 	if err != nil {
 		return nil, err
 	}
-	if err := checkMsgpack(b); err != nil {
+	if err := checkMsgpack(dst[n:]); err != nil {
 		return nil, fmt.Errorf("%w (the encoding would not decode)", err)
 	}
-	return b, nil
+	return dst, nil
 }
 
 // Unmarshal decodes msgpack data into v.

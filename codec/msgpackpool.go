@@ -29,10 +29,9 @@ var coders = sync.Pool{New: func() any {
 // huge result does not stay pinned in memory.
 const maxPooledBuf = 64 << 10
 
-// marshal encodes v as msgpack.Marshal does, and returns a copy of the
-// encoding that the caller owns. A coder whose encoder panicked is not
-// reused.
-func marshal(v any) ([]byte, error) {
+// appendMarshal appends the encoding of v, as msgpack.Marshal encodes it,
+// to dst. A coder whose encoder panicked is not reused.
+func appendMarshal(dst []byte, v any) ([]byte, error) {
 	c := coders.Get().(*msgpackCoder)
 	c.buf.Reset()
 	c.enc.Reset(&c.buf) // Reset clears flags; msgpack.Marshal sets none
@@ -40,11 +39,11 @@ func marshal(v any) ([]byte, error) {
 		coders.Put(c)
 		return nil, err
 	}
-	b := bytes.Clone(c.buf.Bytes())
+	dst = append(dst, c.buf.Bytes()...)
 	if c.buf.Cap() <= maxPooledBuf {
 		coders.Put(c)
 	}
-	return b, nil
+	return dst, nil
 }
 
 // unmarshal decodes data into v as msgpack.Unmarshal does. A coder whose
