@@ -1,6 +1,7 @@
 package codec_test
 
 import (
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -47,4 +48,28 @@ func TestMsgPackReuse(t *testing.T) {
 		})
 	}
 	wg.Wait()
+}
+
+// TestAppendMarshal checks that AppendMarshal keeps what dst holds, appends
+// what Marshal returns, and refuses what Marshal refuses.
+func TestAppendMarshal(t *testing.T) {
+	var c codec.MsgPack
+	v := map[string]any{"id": "ch_1", "n": 3}
+	want, err := c.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := c.AppendMarshal([]byte("head"), v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got[:4]) != "head" || string(got[4:]) != string(want) {
+		t.Fatalf("AppendMarshal = %q, want %q then %q", got, "head", want)
+	}
+	type node struct{ Next *node }
+	cyc := &node{}
+	cyc.Next = cyc
+	if _, err := c.AppendMarshal([]byte("head"), cyc); !errors.Is(err, codec.ErrTooDeep) {
+		t.Fatalf("AppendMarshal of a cycle: %v, want ErrTooDeep", err)
+	}
 }
