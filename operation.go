@@ -407,21 +407,26 @@ func (o *Operation[Req, Resp]) execute(ctx context.Context, info *Info, lease Le
 // payload once and compares it with resp, so that a value the codec cannot
 // bring back as the same value (a struct in an interface field, a type it
 // encodes but does not decode) is refused now instead of replayed as
-// something else, or stored as a record no call can replay. A codec that
-// appends (codec.Appender) writes the payload behind the header, in one
-// allocation.
+// something else, or stored as a record no call can replay. With the
+// default codec, codec.MsgPack, the payload is written behind the header,
+// in one allocation for most results. Only that codec's own type is asked
+// to append: a codec that embeds MsgPack and overrides Marshal would
+// inherit AppendMarshal, and have its own encoding bypassed.
 func (o *Operation[Req, Resp]) encode(rec record, resp Resp) ([]byte, error) {
 	var b, payload []byte
 	var err error
-	if ap, ok := o.cfg.codec.(codec.Appender); ok {
+	switch o.cfg.codec.(type) {
+	case codec.MsgPack, *codec.MsgPack:
 		h := rec.appendHeader(make([]byte, 0, rec.headerLen()+128))
-		if b, err = ap.AppendMarshal(h, resp); err == nil {
+		if b, err = (codec.MsgPack{}).AppendMarshal(h, resp); err == nil {
 			payload = b[len(h):]
 		}
-	} else if payload, err = o.cfg.codec.Marshal(resp); err == nil {
-		rec.payload = payload
-		b = rec.encode()
-		payload = b[len(b)-len(payload):]
+	default:
+		if payload, err = o.cfg.codec.Marshal(resp); err == nil {
+			rec.payload = payload
+			b = rec.encode()
+			payload = b[len(b)-len(payload):]
+		}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("encoding result: %w", err)

@@ -310,3 +310,37 @@ func TestFnGetsContext(t *testing.T) {
 		t.Fatalf("fn saw %q, %v; want the caller's context values", r, err)
 	}
 }
+
+// prefixedMsgPack embeds codec.MsgPack, as a user's codec might to wrap it,
+// and overrides Marshal and Unmarshal: its records start with a mark that
+// its Unmarshal requires.
+type prefixedMsgPack struct{ codec.MsgPack }
+
+func (prefixedMsgPack) Name() string { return "prefixed-msgpack" }
+
+func (c prefixedMsgPack) Marshal(v any) ([]byte, error) {
+	b, err := c.MsgPack.Marshal(v)
+	return append([]byte("PFX"), b...), err
+}
+
+func (c prefixedMsgPack) Unmarshal(b []byte, v any) error {
+	if !strings.HasPrefix(string(b), "PFX") {
+		return errors.New("prefixed-msgpack: no mark")
+	}
+	return c.MsgPack.Unmarshal(b[3:], v)
+}
+
+// TestEmbeddedCodecEncodes checks that a codec embedding codec.MsgPack is
+// encoded with its own Marshal, not MsgPack's AppendMarshal, which it
+// inherits.
+func TestEmbeddedCodecEncodes(t *testing.T) {
+	ctx := context.Background()
+	op := idem.New[string, int](memstore.New(), idem.WithCodec(prefixedMsgPack{}))
+	fn := func(context.Context, string) (int, error) { return 7, nil }
+	for i, want := range []idem.Outcome{idem.OutcomeExecuted, idem.OutcomeReplayed} {
+		v, info, err := op.DoInfo(ctx, "k", "r", fn)
+		if err != nil || v != 7 || info.Outcome != want {
+			t.Fatalf("call %d: %d, %v, %v; want 7, %v", i, v, info.Outcome, err, want)
+		}
+	}
+}

@@ -19,15 +19,6 @@ import (
 	"fmt"
 )
 
-// An Appender is a Codec that can append an encoding to a slice, as
-// encoding.BinaryAppender does for a value: idem then builds a record's
-// header and payload in one allocation. MsgPack is one.
-type Appender interface {
-	// AppendMarshal appends the encoding of v, as Marshal encodes it, to
-	// dst, and returns the extended slice.
-	AppendMarshal(dst []byte, v any) ([]byte, error)
-}
-
 // A Codec encodes and decodes stored results. Implementations must be safe
 // for concurrent use, and Unmarshal must return an error, never panic, on
 // bytes it did not write.
@@ -100,7 +91,11 @@ func (MsgPack) AppendMarshal(dst []byte, v any) (_ []byte, err error) {
 // A pointer to a flat struct (exported fields of basic kinds, simply
 // tagged) is decoded without msgpack/v5's reflection, to the value
 // msgpack/v5 would decode; other values, and data that path is not sure
-// of, are decoded by msgpack/v5 (see fastdecode.go).
+// of, are decoded by msgpack/v5 (see fastdecode.go). A decoder registered
+// for such a struct with msgpack.Register is used only if it decodes a
+// probe the first time the type is seen differently from reflection: give
+// a type with a custom decoding a DecodeMsgpack or UnmarshalMsgpack method
+// instead, which the fast path always leaves to msgpack/v5.
 func (MsgPack) Unmarshal(data []byte, v any) (err error) {
 	if err := checkMsgpack(data); err != nil {
 		return err

@@ -39,6 +39,11 @@ func appendMarshal(dst []byte, v any) ([]byte, error) {
 		coders.Put(c)
 		return nil, err
 	}
+	if n := c.buf.Len(); cap(dst)-len(dst) < n {
+		// Grow to the size needed, not as append would, with room to
+		// spare that whoever keeps the result would keep too.
+		dst = append(make([]byte, 0, len(dst)+n), dst...)
+	}
 	dst = append(dst, c.buf.Bytes()...)
 	if c.buf.Cap() <= maxPooledBuf {
 		coders.Put(c)
@@ -52,9 +57,9 @@ func unmarshal(data []byte, v any) error {
 	c := coders.Get().(*msgpackCoder)
 	c.r.Reset(data)
 	c.dec.Reset(&c.r)
-	// Unlike msgpack.Unmarshal, no UsePreallocateValues: it hands out new
-	// values through a channel fed by a goroutine per type, which costs a
-	// receive per decoded pointer; reflect.New is cheaper.
+	// No UsePreallocateValues: msgpack.Unmarshal sets it and then Reset
+	// clears it, so it decodes without it too. With it, a new value comes
+	// through a channel that a goroutine per type keeps filled.
 	err := c.dec.Decode(v)
 	c.r.Reset(nil) // hold no reference to data
 	coders.Put(c)

@@ -54,7 +54,10 @@ func TestMsgPackReuse(t *testing.T) {
 // what Marshal returns, and refuses what Marshal refuses.
 func TestAppendMarshal(t *testing.T) {
 	var c codec.MsgPack
-	v := map[string]any{"id": "ch_1", "n": 3}
+	v := struct {
+		ID string
+		N  int
+	}{"ch_1", 3}
 	want, err := c.Marshal(v)
 	if err != nil {
 		t.Fatal(err)
