@@ -163,67 +163,105 @@ var errNilClient = errors.New("redisstore: nil redis client")
 // Acquire implements idem.Store in one round trip.
 //
 // On Redis 7.0 and newer it sends the plain command SET key lease NX GET PX
-// ttl, with a PTTL of the key in the same transaction (MULTI/EXEC): the SET takes the lease
-// when the key is absent and returns what holds the key otherwise, so a
-// replay runs no script on the server and no lock machinery in the client.
-// When the SET took the lease, redislock makes the Lock for it (its obtain
-// is answered locally, the lease being set already), and that Lock's
-// scripts refresh and release it. Older servers answer the command with a
-// syntax error (NX and GET together came in 7.0); the Store then keeps to
-// a transaction of GET, redislock's obtain script and PTTL, for this call
-// and every later one.
+// ttl, with a PTTL of the key in the same transaction (MULTI/EXEC): the
+// SET takes the lease when the key is absent and returns what holds the
+// key otherwise, so a replay runs no script on the server and no lock
+// machinery in the client. When the SET took the lease, redislock makes the
+// Lock for it (its obtain is answered locally, the lease being set
+// already), and that Lock's scripts refresh and release it. Older servers
+// answer the command with a syntax error (NX and GET together came in
+// 7.0); the Store then keeps to a transaction of GET, redislock's obtain
+// script and PTTL, for this call and every later one.
+//
+// go-redis does not retry a transaction whose reply was lost, though it
+// may have been applied. Acquire sends it again, up to twice, with the same
+// lease value, which the SET (or the obtain script) then finds and
+// recognises as this call's own; if every try fails, it deletes the lease
+// it may have set, so that the key is not left blocked.
 func (s *Store) Acquire(ctx context.Context, key, fingerprint string, ttl time.Duration) (idem.Acquisition, error) {
 	if s.client == nil {
 		return idem.Acquisition{}, errNilClient
 	}
 	rkey := s.prefix + key
 	ttl = ceilMillis(ttl)
-	for range 5 {
-		value, err := leaseValue(fingerprint)
-		if err != nil {
-			return idem.Acquisition{}, err
-		}
-		token := value[:tokenLen]
-		var p *peek
-		if !s.legacy.Load() {
-			found, held, pttl, err := s.setNXGet(ctx, rkey, value, ttl)
-			switch {
-			case err != nil && strings.HasPrefix(err.Error(), "ERR syntax error"):
-				s.legacy.Store(true)
-			case err != nil:
-				return idem.Acquisition{}, wrapErr(err)
-			case found:
-				return acquisition(held, pttl), nil
-			default:
-				p = &peek{UniversalClient: s.client, key: rkey, set: true}
-			}
-		}
-		if p == nil {
-			p = &peek{UniversalClient: s.client, key: rkey}
-		}
-		// The key was free, and p's obtain either confirms the lease that
-		// setNXGet took or (on older servers) takes it with the script.
-		octx := ctx
-		if p.set {
-			// Nothing is sent; a deadline spares redislock the timer it
-			// would start to bound its retries.
-			octx = deadlined{ctx, time.Now().Add(ttl)}
-		}
-		lock, err := redislock.New(p).Obtain(octx, rkey, ttl, &redislock.Options{Token: token, Metadata: fingerprint})
-		switch {
-		case err == nil:
-			return idem.Acquisition{Lease: &lease{s: s, lock: lock}}, nil
-		case !errors.Is(err, redislock.ErrNotObtained) || !p.sent:
-			return idem.Acquisition{}, wrapErr(err)
-		case p.err != nil:
-			return idem.Acquisition{}, wrapErr(p.err)
-		case p.found:
-			return acquisition(p.held, p.pttl), nil
-		}
-		// Not reached while GET and the obtain travel in one transaction;
-		// kept so that a reply the two disagree on is looked at again.
+	value, err := leaseValue(fingerprint)
+	if err != nil {
+		return idem.Acquisition{}, err
 	}
-	return idem.Acquisition{}, fmt.Errorf("redisstore: key %q changed hands 5 times during one Acquire", key)
+	for try := 1; ; try++ {
+		a, err := s.acquire(ctx, rkey, value, fingerprint, ttl)
+		if err == nil || !transient(ctx, err) {
+			return a, wrapErr(err)
+		}
+		if try == 3 {
+			s.abandon(ctx, rkey, value, fingerprint, ttl)
+			return a, wrapErr(err)
+		}
+	}
+}
+
+// transient reports whether err, from a call under ctx, may be a reply
+// lost on the way: not an answer of Redis, nor the end of ctx.
+func transient(ctx context.Context, err error) bool {
+	var answer redis.Error
+	return ctx.Err() == nil && !errors.As(err, &answer) && !errors.Is(err, redislock.ErrNotObtained) && !errors.Is(err, redis.ErrClosed)
+}
+
+// acquire is one try of Acquire with the lease value value.
+func (s *Store) acquire(ctx context.Context, rkey, value, fingerprint string, ttl time.Duration) (idem.Acquisition, error) {
+	token := value[:tokenLen]
+	var p *peek
+	if !s.legacy.Load() {
+		found, held, pttl, err := s.setNXGet(ctx, rkey, value, ttl)
+		switch {
+		case err != nil && strings.HasPrefix(err.Error(), "ERR syntax error"):
+			s.legacy.Store(true)
+		case err != nil:
+			return idem.Acquisition{}, err
+		case found:
+			return acquisition(held, pttl), nil
+		default:
+			p = &peek{UniversalClient: s.client, key: rkey, set: true}
+		}
+	}
+	if p == nil {
+		p = &peek{UniversalClient: s.client, key: rkey}
+	}
+	// The key was free, and p's obtain either confirms the lease that
+	// setNXGet took or (on older servers) takes it with the script.
+	octx := ctx
+	if p.set {
+		// Nothing is sent; a deadline spares redislock the timer it would
+		// start to bound its retries.
+		octx = deadlined{ctx, time.Now().Add(ttl)}
+	}
+	lock, err := redislock.New(p).Obtain(octx, rkey, ttl, &redislock.Options{Token: token, Metadata: fingerprint})
+	switch {
+	case err == nil:
+		return idem.Acquisition{Lease: &lease{s: s, lock: lock}}, nil
+	case !errors.Is(err, redislock.ErrNotObtained) || !p.sent:
+		return idem.Acquisition{}, err
+	case p.err != nil:
+		return idem.Acquisition{}, p.err
+	case p.found:
+		return acquisition(p.held, p.pttl), nil
+	}
+	// GET and the obtain travel in one transaction, so that the key is
+	// free to one and held for the other cannot be.
+	return idem.Acquisition{}, fmt.Errorf("redisstore: key %q was free, yet could not be leased", rkey)
+}
+
+// abandon deletes the lease value value from rkey if the key holds it: a
+// lease that a try of Acquire may have set before its reply was lost. It
+// is best effort; a lease left behind expires after ttl.
+func (s *Store) abandon(ctx context.Context, rkey, value, fingerprint string, ttl time.Duration) {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ttl)
+	defer cancel()
+	p := &peek{UniversalClient: s.client, key: rkey, set: true}
+	lock, err := redislock.New(p).Obtain(deadlined{cctx, time.Now().Add(ttl)}, rkey, ttl, &redislock.Options{Token: value[:tokenLen], Metadata: fingerprint})
+	if err == nil {
+		_ = lock.Release(cctx)
+	}
 }
 
 // setNXGet sends SET key value NX GET PX ttl and a PTTL of key in one
