@@ -29,6 +29,10 @@
 //     for the result and replays it, or returns ErrInFlight. A different
 //     request is refused with ErrKeyReused at once.
 //
+// With WithLocalCache, a key completed or replayed in this process is
+// answered from memory, with the same checks and no store round trip,
+// until the stored record's TTL ends.
+//
 // When fn returns an error, its disposition decides (WithDisposition): by
 // default nothing is stored and the lease is released, so a retry runs fn
 // again (Release); errors marked with Final are stored and replayed
