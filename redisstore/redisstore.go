@@ -265,8 +265,9 @@ func (s *Store) abandon(ctx context.Context, rkey, value, fingerprint string, tt
 }
 
 // setNXGet sends SET key value NX GET PX ttl and a PTTL of key in one
-// transaction, one round trip. It reports found, with what held the key and the key's PTTL,
-// when the key was held by another value; otherwise the lease is set.
+// transaction, one round trip. It reports found, with what held the key
+// and the key's PTTL, when the key was held by another value; otherwise
+// the lease is set.
 func (s *Store) setNXGet(ctx context.Context, key, value string, ttl time.Duration) (found bool, held string, pttl *redis.DurationCmd, err error) {
 	// MULTI/EXEC, in the same round trip: the PTTL must be that of what
 	// the SET found, with no other client's command between them.
@@ -278,8 +279,8 @@ func (s *Store) setNXGet(ctx context.Context, key, value string, ttl time.Durati
 	switch {
 	case errors.Is(err, redis.Nil), err == nil && v == value:
 		// The key was absent, and the lease is ours; or it holds our lease
-		// already, set by this command before go-redis retried it after a
-		// lost reply (the token is new for every call).
+		// already, set by an earlier try of this Acquire whose reply was
+		// lost (the token is new for every Acquire).
 		return false, "", nil, nil
 	case err == nil:
 		return true, v, pttl, nil
