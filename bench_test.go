@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/internal/race"
 	"github.com/idemkit/idem/memstore"
 )
 
@@ -97,7 +98,7 @@ func BenchmarkFingerprint(b *testing.B) {
 // result's three strings). Run without -race (.ci/run does), where
 // sync.Pool keeps what it is given.
 func TestDoAllocs(t *testing.T) {
-	if raceEnabled() {
+	if race.Enabled {
 		t.Skip("sync.Pool drops items at random under the race detector; .ci/run runs this test without -race")
 	}
 	ctx := context.Background()

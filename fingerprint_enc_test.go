@@ -5,13 +5,13 @@ import (
 	"math"
 	"math/big"
 	"net/netip"
-	"runtime/debug"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/internal/race"
 )
 
 type encName string
@@ -266,28 +266,13 @@ func TestFingerprintEncodersGolden(t *testing.T) {
 	}
 }
 
-// raceEnabled reports whether the test binary was built with -race, under
-// which sync.Pool drops pooled items at random.
-func raceEnabled() bool {
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return false
-	}
-	for _, s := range bi.Settings {
-		if s.Key == "-race" {
-			return s.Value == "true"
-		}
-	}
-	return false
-}
-
 var encBenchReq any = benchReq{Customer: "cus_9s6XKzkNRiz8i3", Amount: 1999, Currency: "eur", Metadata: map[string]string{"order": "o-1", "cart": "c-7"}}
 
 // TestFingerprintAllocs checks that Fingerprint allocates nothing but the
 // string it returns, for a typical request already in an interface (the
 // conversion of a struct to any allocates in the caller).
 func TestFingerprintAllocs(t *testing.T) {
-	if raceEnabled() {
+	if race.Enabled {
 		t.Skip("sync.Pool drops items at random under the race detector")
 	}
 	for name, v := range map[string]any{

@@ -1,10 +1,10 @@
 package codec_test
 
 import (
-	"runtime/debug"
 	"testing"
 
 	"github.com/idemkit/idem/codec"
+	"github.com/idemkit/idem/internal/race"
 	"github.com/vmihailenco/msgpack/v5"
 )
 
@@ -29,7 +29,7 @@ func TestFastDecodeCopies(t *testing.T) {
 // TestFastDecodeAllocs checks that the fast path allocates nothing but
 // the strings it decodes.
 func TestFastDecodeAllocs(t *testing.T) {
-	if raceEnabled() {
+	if race.Enabled {
 		t.Skip("the race detector makes allocations of its own")
 	}
 	b, err := codec.MsgPack{}.Marshal(fdCharge{ID: "ch_1", Amount: 1999, Currency: "eur", Status: "succeeded"})
@@ -40,20 +40,6 @@ func TestFastDecodeAllocs(t *testing.T) {
 	if n := testing.AllocsPerRun(100, func() { _ = codec.MsgPack{}.Unmarshal(b, &v) }); n != 3 {
 		t.Errorf("Unmarshal of fdCharge: %v allocations, want 3 (its strings)", n)
 	}
-}
-
-// raceEnabled reports whether the test binary was built with -race.
-func raceEnabled() bool {
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return false
-	}
-	for _, s := range bi.Settings {
-		if s.Key == "-race" {
-			return s.Value == "true"
-		}
-	}
-	return false
 }
 
 // fdChargeSlow is fdCharge off the fast path (a blank field is unexported),
