@@ -124,7 +124,9 @@ type Lease interface {
 	// this lease. Commit must be idempotent: Do retries a Commit that
 	// failed with another error (its reply may have been lost), so a Commit
 	// of the same record by the same lease after one that succeeded returns
-	// nil.
+	// nil. An error that wraps ErrNotStored tells Do that no retry can
+	// store the record (a store that wrote it in a transaction that is now
+	// over, say); Do returns it as it is, without retrying.
 	Commit(ctx context.Context, record []byte, ttl time.Duration) error
 	// Release deletes the lease so another caller may acquire the key. It
 	// returns ErrLeaseLost, and deletes nothing, when the key no longer holds

@@ -3,6 +3,7 @@ package idem_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -22,6 +23,7 @@ type flakyStore struct {
 	refreshFails atomic.Bool
 	commitFails  atomic.Int32
 	commits      atomic.Int32
+	commitErr    error // what the failing Commits return; errBlip when nil
 }
 
 var errBlip = errors.New("i/o timeout")
@@ -48,6 +50,9 @@ func (l *flakyLease) Refresh(ctx context.Context, ttl time.Duration) error {
 
 func (l *flakyLease) Commit(ctx context.Context, rec []byte, ttl time.Duration) error {
 	if l.s.commits.Add(1) <= l.s.commitFails.Load() {
+		if l.s.commitErr != nil {
+			return l.s.commitErr
+		}
 		return errBlip
 	}
 	return l.Lease.Commit(ctx, rec, ttl)
@@ -124,6 +129,26 @@ func TestCommitRetriedAfterTransientFailure(t *testing.T) {
 		}
 		if n := s.commits.Load(); n != 3 {
 			t.Fatalf("%d commits, want 3 (two failures, one success)", n)
+		}
+	})
+}
+
+// TestCommitNotStoredIsFinal: a Commit error that wraps ErrNotStored says no
+// retry can store the record (pgstore's, once fn's transaction is over), so
+// Do returns it at once instead of retrying for a lease TTL.
+func TestCommitNotStoredIsFinal(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		errOver := fmt.Errorf("%w: the transaction is over", idem.ErrNotStored)
+		s := &flakyStore{Store: memstore.New(), commitErr: errOver}
+		s.commitFails.Store(100)
+		op := idem.New[string, int](s)
+		begin := time.Now()
+		r, info, err := op.DoInfo(context.Background(), "k", "r", func(context.Context, string) (int, error) { return 5, nil })
+		if r != 5 || !errors.Is(err, errOver) || err.Error() != errOver.Error() || info.Outcome != idem.OutcomeNotStored {
+			t.Fatalf("Do = %d, %v, %v; want fn's value and the Commit's error as it is", r, info.Outcome, err)
+		}
+		if n := s.commits.Load(); n != 1 || time.Since(begin) != 0 {
+			t.Fatalf("%d commits over %v, want 1 at once", n, time.Since(begin))
 		}
 	})
 }

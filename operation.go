@@ -100,6 +100,10 @@ func (o *Operation[Req, Resp]) Forget(key string) {
 	}
 }
 
+// Store returns the Store the Operation was built on. A store package
+// uses it to reach its own Store from an Operation, as pgstore.DoTx does.
+func (o *Operation[Req, Resp]) Store() Store { return o.store }
+
 // Err returns the error that every call of Do returns because New was given
 // options it cannot honour (wrapping ErrInvalidOption), or nil when the
 // Operation is usable. Call it right after New, so that a misconfigured
@@ -444,9 +448,10 @@ func (o *Operation[Req, Resp]) encode(rec record, resp Resp) ([]byte, error) {
 	return b, nil
 }
 
-// commit stores the record b under lease on skey. A failure other than a lost lease
-// is retried with backoff for as long as the lease may still be held: a
-// result not stored means a retry of the whole call runs fn again. A
+// commit stores the record b under lease on skey. A failure other than a
+// lost lease, a corrupt record or one wrapping ErrNotStored is retried with
+// backoff for as long as the lease may still be held: a result not stored
+// means a retry of the whole call runs fn again. A
 // record stored is also cached locally (WithLocalCache), to expire a TTL
 // after the first Commit was sent: a retried Commit may find the record
 // that an earlier one stored, whose expiry the store counted from then.
@@ -462,6 +467,10 @@ func (o *Operation[Req, Resp]) commit(ctx context.Context, lease Lease, skey str
 				o.cache.put(skey, b, first.Add(o.cfg.ttl))
 			}
 			return ferr
+		}
+		if errors.Is(err, ErrNotStored) {
+			// The store knows that no retry can store the record.
+			return errors.Join(err, ferr)
 		}
 		if errors.Is(err, ErrLeaseLost) || errors.Is(err, ErrCorruptRecord) || cctx.Err() != nil {
 			return errors.Join(fmt.Errorf("%w: %w", ErrNotStored, err), ferr)
