@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -136,5 +137,30 @@ func TestRecordTTLRoundedUp(t *testing.T) {
 	}
 	if px := fmt.Sprint(args[len(args)-1]); px != "31" {
 		t.Fatalf("a record TTL of 30.95 ms was sent as PX %s, want 31", px)
+	}
+}
+
+// TestForeverTTL: a TTL of the largest Duration (math.MaxInt64, a common
+// "forever") keeps the lease and the record for it, rather than
+// overflowing in the rounding to milliseconds into a TTL of 1 ms.
+func TestForeverTTL(t *testing.T) {
+	client := redistest.Single(t)
+	prefix := fmt.Sprint("forever:", time.Now().UnixNano(), ":")
+	s := redisstore.New(client, redisstore.WithPrefix(prefix))
+	ctx := context.Background()
+	forever := time.Duration(math.MaxInt64)
+	a, err := s.Acquire(ctx, "k", "fp", forever)
+	if err != nil || a.Lease == nil {
+		t.Fatalf("Acquire: %+v, %v", a, err)
+	}
+	const century = 100 * 365 * 24 * time.Hour
+	if got, err := client.PTTL(ctx, prefix+"k").Result(); err != nil || got < century {
+		t.Fatalf("lease PTTL = %v, %v; want over a century", got, err)
+	}
+	if err := a.Lease.Commit(ctx, []byte("rec"), forever); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := client.PTTL(ctx, prefix+"k").Result(); err != nil || got < century {
+		t.Fatalf("record PTTL = %v, %v; want over a century", got, err)
 	}
 }

@@ -67,6 +67,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -428,8 +429,14 @@ func wrapErr(err error) error {
 // redislock truncates lease TTLs to milliseconds, which would make a lease
 // up to 1 ms shorter than idem's keep-alive assumes, and turn a refresh
 // below 1 ms into PEXPIRE 0, deleting the lease while reporting success.
+// It does not overflow: a TTL within a millisecond of the largest Duration
+// (math.MaxInt64, "forever") is rounded down instead, by less than 1 ms.
 func ceilMillis(d time.Duration) time.Duration {
-	return max(time.Millisecond, (d + time.Millisecond - 1).Truncate(time.Millisecond))
+	r := d.Truncate(time.Millisecond)
+	if r < d && r <= math.MaxInt64-time.Millisecond {
+		r += time.Millisecond
+	}
+	return max(time.Millisecond, r)
 }
 
 // leaseValue returns a new lease value: a new token, leaseMark and 16
