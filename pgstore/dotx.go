@@ -48,10 +48,13 @@ type call struct {
 //     A final error is the settled outcome of the request, and what fn
 //     wrote on the way to it (a declined payment's row, say) is part of
 //     that outcome. To keep none of fn's writes, return the error before
-//     writing, or undo the writes in a savepoint.
+//     writing, or undo the writes in a savepoint. When a statement of fn's
+//     failed before it (a unique violation, say), the transaction can keep
+//     nothing, and the error record is stored on its own.
 //   - An error held (idem.Hold), or a value the codec cannot store: the
 //     transaction rolls back, and the key stays refused until its lease
-//     expires, as with Do.
+//     expires, as with Do; a value not stored is reported with
+//     ErrRolledBack besides idem.ErrNotStored.
 //   - A panic: the transaction rolls back, the key is released, and the
 //     panic continues.
 //
@@ -60,17 +63,21 @@ type call struct {
 // DoTx returns an error wrapping idem.ErrNotStored, idem.ErrLeaseLost and
 // ErrRolledBack: fn's writes were not kept. When COMMIT itself fails
 // without the server saying that it rolled back (the connection broke, or
-// ctx ended), whether fn's writes and the record committed is unknown, and
-// DoTx returns an error wrapping idem.ErrNotStored only, as Do does when it
-// cannot store a result. When the process dies before COMMIT, the database
-// rolls the transaction back, and the key's lease expires: the next call
-// after the lease TTL runs fn once.
+// the deadline, a lock TTL after fn returned, passed), whether fn's writes
+// and the record committed is unknown, and DoTx returns an error wrapping
+// idem.ErrNotStored only, as Do does when it cannot store a result. When
+// the process dies before COMMIT, the database rolls the transaction back,
+// and the key's lease expires: the next call after the lease TTL runs fn
+// once.
 //
 // The transaction belongs to DoTx: its Commit and Rollback return
 // ErrTxOwned. A fn that ends it anyway, with SQL (tx.Exec(ctx, "COMMIT")),
-// leaves it unknown whether its writes committed: DoTx then writes no
-// record, returns idem.ErrNotStored, and the key is held until the lease
-// expires. A fn that swallows the error of a failed statement returns from
+// leaves it unknown whether its writes committed: when DoTx can tell (the
+// connection is no longer in a transaction, or a statement's result was
+// left unread), it writes no record, returns idem.ErrNotStored, and keeps
+// the key held until the lease expires, also when fn then returns an
+// error. It cannot tell a fn that began a new transaction after ending
+// its own ("COMMIT; BEGIN"): do not. A fn that swallows the error of a failed statement returns from
 // an aborted transaction, which can only roll back (ErrRolledBack). fn must
 // not raise the isolation level either: the record's UPDATE must see the
 // lease as the keeper last refreshed it, which only READ COMMITTED does; at
@@ -79,7 +86,7 @@ type call struct {
 // key is released, and DoTx returns an error wrapping idem.ErrStore.
 //
 // DoTx returns what Do returns: fn's result whenever fn ran.
-func DoTx[Req, Resp any](ctx context.Context, op *idem.Operation[Req, Resp], key string, req Req, fn func(ctx context.Context, tx pgx.Tx, req Req) (Resp, error)) (Resp, error) {
+func DoTx[Req, Resp any](ctx context.Context, op *idem.Operation[Req, Resp], key string, req Req, fn func(ctx context.Context, tx pgx.Tx, req Req) (Resp, error)) (resp Resp, err error) {
 	s, ok := op.Store().(*Store)
 	if !ok {
 		var zero Resp
@@ -87,19 +94,32 @@ func DoTx[Req, Resp any](ctx context.Context, op *idem.Operation[Req, Resp], key
 	}
 	c := &call{s: s}
 	defer func() {
-		// Commit and Release end the transaction; when neither did (the
-		// result was held, or could not be encoded), it rolls back here.
-		if c.lease != nil && c.lease.tx != nil {
+		l := c.lease
+		switch {
+		case l == nil:
+		case l.tx != nil:
+			// Commit and Release end the transaction; when neither did
+			// (the result was held, or could not be encoded), it rolls
+			// back here, and what Do reported as not stored is known
+			// not to have happened. The key stays held, as Do left it:
+			// fn may have done more than its writes.
 			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
-			_ = c.lease.rollback(rctx)
+			rerr := l.rollback(rctx)
 			cancel()
+			if rerr == nil && errors.Is(err, idem.ErrNotStored) && !errors.Is(err, ErrRolledBack) {
+				err = fmt.Errorf("%w: %w", ErrRolledBack, err)
+			}
+		case l.fnEnded && !errors.Is(err, idem.ErrNotStored):
+			// fn ended the transaction with SQL and then failed: its
+			// writes may have committed, and the key was not released.
+			err = fmt.Errorf("%w: pgstore: fn ended DoTx's transaction itself (an SQL COMMIT or ROLLBACK), so whether its writes committed is unknown; the key is held until its lease expires: %w", idem.ErrNotStored, err)
 		}
 	}()
 	return op.Do(context.WithValue(ctx, callKey{}, c), key, req, func(ctx context.Context, req Req) (Resp, error) {
 		var zero Resp
 		l := c.lease
 		if l == nil {
-			return zero, fmt.Errorf("%w: pgstore: DoTx's lease was not granted by its Store", idem.ErrStore)
+			return zero, idem.Dispose(fmt.Errorf("%w: pgstore: DoTx's lease was not granted by its Store", idem.ErrStore), idem.Release)
 		}
 		tx, err := s.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
 		if err != nil {
@@ -110,7 +130,9 @@ func DoTx[Req, Resp any](ctx context.Context, op *idem.Operation[Req, Resp], key
 		l.tx, l.inTx = tx, true
 		// Calls made inside fn (another Do on this store) are not part of
 		// this call.
-		return fn(context.WithValue(ctx, callKey{}, (*call)(nil)), ownedTx{tx}, req)
+		resp, err := fn(context.WithValue(ctx, callKey{}, (*call)(nil)), ownedTx{tx}, req)
+		l.fnFailed = err != nil
+		return resp, err
 	})
 }
 
@@ -131,17 +153,35 @@ func (l *lease) commitTx(ctx context.Context, record []byte, ttl time.Duration) 
 		return fmt.Errorf("%w: pgstore: fn's transaction is over", idem.ErrNotStored)
 	}
 	l.tx = nil
-	switch tx.Conn().PgConn().TxStatus() {
+	pc := tx.Conn().PgConn()
+	if pc.IsBusy() {
+		// fn left a statement's result unread (a COMMIT, for all DoTx
+		// knows): the connection cannot be trusted, nor what it did.
+		_ = pc.Close(ctx)
+		l.fnEnded = true
+		return fmt.Errorf("%w: pgstore: fn left a statement on its transaction's connection unfinished, so whether its writes committed is unknown; no record was written", idem.ErrNotStored)
+	}
+	switch pc.TxStatus() {
 	case 'T': // in the transaction, as it should be
 	case 'E':
-		// A statement of fn's failed, and fn went on: the transaction
-		// can only roll back.
+		// A statement of fn's failed: the transaction can only roll
+		// back. A final error fn returned after it is still the
+		// request's outcome, and is stored on its own.
+		if l.fnFailed {
+			_ = tx.Rollback(ctx)
+			l.inTx = false
+			if err := l.Commit(ctx, record, ttl); err != nil {
+				return fmt.Errorf("%w: %w, none of fn's writes were kept (a statement had failed), and storing the final error failed: %w", idem.ErrNotStored, ErrRolledBack, err)
+			}
+			return nil
+		}
 		return l.rolledBack(ctx, tx, errors.New("a statement in fn's transaction failed, and fn returned a result anyway"))
 	default:
 		// fn ended the transaction itself, with SQL (pgx's own Commit
 		// and Rollback are refused): its writes may have committed or
 		// not, and the record must not be written outside it.
 		_ = tx.Rollback(ctx)
+		l.fnEnded = true
 		return fmt.Errorf("%w: pgstore: fn ended DoTx's transaction itself (an SQL COMMIT or ROLLBACK), so whether its writes committed is unknown; no record was written", idem.ErrNotStored)
 	}
 	tag, err := tx.Exec(ctx, l.s.sql.commit, l.key, l.token, record, millis(ttl))
@@ -154,10 +194,11 @@ func (l *lease) commitTx(ctx context.Context, record []byte, ttl time.Duration) 
 	}
 	if err := tx.Commit(ctx); err != nil {
 		var pe *pgconn.PgError
-		if errors.Is(err, pgx.ErrTxCommitRollback) || errors.As(err, &pe) && pe.SeverityUnlocalized == "ERROR" {
+		if errors.Is(err, pgx.ErrTxCommitRollback) || errors.As(err, &pe) && pe.SeverityUnlocalized == "ERROR" || pgconn.SafeToRetry(err) {
 			// The server answered that it rolled back (a deferred
-			// constraint, a serialization failure). A FATAL error, or
-			// none, leaves the outcome unknown.
+			// constraint, a serialization failure), or COMMIT was
+			// never sent. A FATAL error, or none, leaves the outcome
+			// unknown.
 			return l.rolledBack(ctx, tx, fmt.Errorf("COMMIT rolled back: %w", err))
 		}
 		return fmt.Errorf("%w: pgstore: COMMIT failed, so whether fn's writes and the record committed is unknown: %w", idem.ErrNotStored, err)

@@ -3,12 +3,14 @@ package pgstore_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/memstore"
@@ -195,11 +197,16 @@ func TestDoTxUnstorableResultRollsBack(t *testing.T) {
 		_, err := tx.Exec(ctx, `INSERT INTO orders VALUES ($1)`, id)
 		return receipt{OrderID: id}, err
 	})
-	if !errors.Is(err, idem.ErrNotStored) {
-		t.Fatalf("DoTx = %v, want ErrNotStored", err)
+	// Known not to have happened (ErrRolledBack), and still held: fn may
+	// have done more than its writes.
+	if !errors.Is(err, idem.ErrNotStored) || !errors.Is(err, pgstore.ErrRolledBack) {
+		t.Fatalf("DoTx = %v, want ErrNotStored and ErrRolledBack", err)
 	}
 	if n := countRows(t, s, `SELECT count(*) FROM orders`); n != 0 {
 		t.Errorf("%d orders kept without a record, want 0", n)
+	}
+	if _, err := pgstore.DoTx(ctxFor(t), op, "k", "o1", func(context.Context, pgx.Tx, string) (any, error) { return nil, nil }); !errors.Is(err, idem.ErrInFlight) {
+		t.Errorf("retry at once = %v, want ErrInFlight while the lease lasts", err)
 	}
 }
 
@@ -387,5 +394,104 @@ func TestDoTxNestedDo(t *testing.T) {
 	}
 	if n := countRows(t, s, `SELECT count(*) FROM idem_records WHERE key = 'inner:k' AND record IS NOT NULL`); n != 1 {
 		t.Errorf("the inner record was rolled back with the outer transaction")
+	}
+}
+
+func TestDoTxFinalErrorAfterFailedStatement(t *testing.T) {
+	// fn's INSERT fails (a unique violation aborts the transaction), and
+	// fn settles the request with a final error: the transaction can keep
+	// nothing, and the error record is stored on its own.
+	s := orderStore(t, 4)
+	ctx := ctxFor(t)
+	if _, err := s.Pool().Exec(ctx, `INSERT INTO orders VALUES ('taken', 1)`); err != nil {
+		t.Fatal(err)
+	}
+	op := idem.New[order, receipt](s)
+	var runs atomic.Int32
+	fn := func(ctx context.Context, tx pgx.Tx, o order) (receipt, error) {
+		runs.Add(1)
+		if _, err := insertOrder(ctx, tx, o); err != nil {
+			var pe *pgconn.PgError
+			if errors.As(err, &pe) && pe.Code == "23505" {
+				return receipt{}, idem.Final(errors.New("order id taken"))
+			}
+			return receipt{}, err
+		}
+		return receipt{OrderID: o.ID}, nil
+	}
+	if _, err := pgstore.DoTx(ctx, op, "k", order{ID: "taken", Amount: 2}, fn); err == nil || errors.Is(err, idem.ErrNotStored) {
+		t.Fatalf("DoTx = %v, want the final error, stored", err)
+	}
+	_, err := pgstore.DoTx(ctx, op, "k", order{ID: "taken", Amount: 2}, fn)
+	var re *idem.ReplayedError
+	if runs.Load() != 1 || !errors.As(err, &re) || re.Message != "order id taken" {
+		t.Errorf("retry = %v after %d runs, want the final error replayed and fn run once", err, runs.Load())
+	}
+	if n := countRows(t, s, `SELECT count(*) FROM orders WHERE amount = 2`); n != 0 {
+		t.Errorf("%d of fn's orders kept", n)
+	}
+}
+
+func TestDoTxSQLCommitThenError(t *testing.T) {
+	// fn ends its transaction with SQL, then fails: its write committed,
+	// so the key must stay held and the caller be told, not the key
+	// released for a retry that writes again.
+	s := orderStore(t, 4)
+	ctx := ctxFor(t)
+	op := idem.New[order, receipt](s, idem.WithLockTTL(300*time.Millisecond))
+	var runs atomic.Int32
+	fn := func(ctx context.Context, tx pgx.Tx, o order) (receipt, error) {
+		runs.Add(1)
+		if _, err := insertOrder(ctx, tx, o); err != nil {
+			return receipt{}, err
+		}
+		if _, err := tx.Exec(ctx, `COMMIT`); err != nil {
+			return receipt{}, err
+		}
+		_, err := tx.Exec(ctx, `SELECT 1/0`)
+		return receipt{}, err
+	}
+	_, err := pgstore.DoTx(ctx, op, "k", order{ID: "o1"}, fn)
+	if !errors.Is(err, idem.ErrNotStored) || errors.Is(err, pgstore.ErrRolledBack) {
+		t.Fatalf("DoTx = %v, want ErrNotStored (unknown) without ErrRolledBack", err)
+	}
+	if _, err := pgstore.DoTx(ctx, op, "k", order{ID: "o1"}, fn); !errors.Is(err, idem.ErrInFlight) || runs.Load() != 1 {
+		t.Errorf("retry at once = %v after %d runs, want ErrInFlight while the lease lasts", err, runs.Load())
+	}
+}
+
+func TestDoTxPoolExhausted(t *testing.T) {
+	// Two DoTx calls at once on a pool of 2: their transactions hold both
+	// connections, their leases cannot be refreshed, and both lose them,
+	// told and with nothing kept. A pool of 3 serves them.
+	for _, size := range []int32{2, 3} {
+		t.Run(fmt.Sprint("pool=", size), func(t *testing.T) {
+			s := orderStore(t, size)
+			ctx := ctxFor(t)
+			op := idem.New[order, receipt](s, idem.WithLockTTL(150*time.Millisecond))
+			var wg sync.WaitGroup
+			errs := make([]error, 2)
+			for i, id := range []string{"a", "b"} {
+				wg.Go(func() {
+					_, errs[i] = pgstore.DoTx(ctx, op, id, order{ID: id}, func(ctx context.Context, tx pgx.Tx, o order) (receipt, error) {
+						r, err := insertOrder(ctx, tx, o)
+						time.Sleep(300 * time.Millisecond)
+						return r, err
+					})
+				})
+			}
+			wg.Wait()
+			for i, err := range errs {
+				switch {
+				case size == 3 && err != nil:
+					t.Errorf("call %d = %v", i, err)
+				case size == 2 && !(errors.Is(err, idem.ErrLeaseLost) && errors.Is(err, pgstore.ErrRolledBack)):
+					t.Errorf("call %d = %v, want ErrLeaseLost and ErrRolledBack", i, err)
+				}
+			}
+			if want := map[int32]int{2: 0, 3: 2}[size]; orders(t, s) != want {
+				t.Errorf("%d orders, want %d", orders(t, s), want)
+			}
+		})
 	}
 }

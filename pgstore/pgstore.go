@@ -31,17 +31,22 @@
 // caller sees its effect at once: Acquire (a replay hit, or the lease of a
 // first execution), then Commit. A replay costs one statement and a first
 // execution through Do two besides fn. Refresh, Commit and Release act only
-// while the row holds the caller's token (and, for Refresh and Commit, an
-// unexpired lease), so a caller whose lease expired and was taken over
+// while the row holds the caller's token and an unexpired lease (or, for a
+// repeated Commit, the record it wrote), so a caller whose lease expired
 // changes nothing and gets idem.ErrLeaseLost. A waiting duplicate polls
 // the row with backoff (from 2 ms up to 100 ms, or the lease's remaining
 // time when shorter) and holds no connection and no lock between polls.
 //
 // # Deployment
 //
-// The pool must allow at least two connections for DoTx: fn's transaction
-// holds one while the lease is refreshed on another. A pool of 4 serves
-// dozens of concurrent duplicates of one key. Statements use the pool's
+// Size the pool above the number of DoTx calls that run at once (plus any
+// Do calls made inside their fn): each DoTx holds a connection for its
+// transaction while its lease is refreshed on another. When every
+// connection is held by a transaction for longer than the lock TTL, the
+// refreshes cannot run, the leases expire, and the calls fail with
+// ErrRolledBack and idem.ErrLeaseLost (nothing kept, callers told). Waiting
+// duplicates hold no connection: a pool of 4 serves dozens of concurrent
+// duplicates of one key. Statements use the pool's
 // query mode; the default caches prepared statements per connection.
 package pgstore
 
@@ -279,6 +284,9 @@ type lease struct {
 	// Only the goroutine that called Do touches them.
 	tx   pgx.Tx
 	inTx bool
+	// fnFailed is set when fn returned an error, fnEnded when fn ended
+	// its transaction itself (with SQL), so that the key is not released.
+	fnFailed, fnEnded bool
 }
 
 // Refresh implements idem.Lease.
@@ -313,8 +321,16 @@ func (l *lease) Commit(ctx context.Context, record []byte, ttl time.Duration) er
 }
 
 // Release implements idem.Lease. In a DoTx call it first rolls fn's
-// transaction back.
+// transaction back; when fn ended that transaction itself, with SQL, its
+// writes may have committed, and the key is not released.
 func (l *lease) Release(ctx context.Context) error {
+	if l.tx != nil {
+		if pc := l.tx.Conn().PgConn(); pc.IsBusy() || pc.TxStatus() != 'T' && pc.TxStatus() != 'E' {
+			l.fnEnded = true
+			_ = l.rollback(ctx)
+			return nil // held until the lease expires
+		}
+	}
 	_ = l.rollback(ctx)
 	released, err := l.releaseRow(ctx)
 	if err != nil {

@@ -57,7 +57,7 @@ func (s *Store) Migrate(ctx context.Context) error {
 		return fmt.Errorf("pgstore: migrate: %w", err)
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // a no-op after Commit
-	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", lockID(s.table)); err != nil {
+	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", migrateLock); err != nil {
 		return fmt.Errorf("pgstore: migrate: %w", err)
 	}
 	if _, err := tx.Exec(ctx, DDL(s.table)); err != nil {
@@ -130,12 +130,11 @@ func indexName(table string) string {
 	return table[:cut] + tag
 }
 
-// lockID is the advisory lock Migrate takes for table.
-func lockID(table string) int64 {
-	h := fnv.New64a()
-	h.Write([]byte("idem/pgstore migrate " + table))
-	return int64(h.Sum64())
-}
+// migrateLock is the advisory lock Migrate takes, one for every table:
+// migrations are rare, and one lock serves every spelling of a table's
+// name ("idem_records", "public.idem_records"). It is the FNV-1a 64 hash of
+// "idem/pgstore migrate", as an int64.
+const migrateLock int64 = 3618564177521568890
 
 // Sweep deletes up to limit rows whose lease or record has expired, and
 // returns how many it deleted. Expired rows already count as absent, so
