@@ -4,7 +4,7 @@
 // concurrent duplicate calls collapse into one execution, a retry is
 // replayed, and a key reused for another request is refused; then the same
 // through the HTTP middleware and the gRPC interceptors, on servers it starts
-// on loopback ports.
+// on loopback ports; then a queue consumer whose broker delivers twice.
 //
 //	go run ./cmd/idemdemo
 //
@@ -72,6 +72,9 @@ func main() {
 		err = runDemo(ctx, os.Stdout, store)
 		if err == nil {
 			err = runAdapterDemo(ctx, os.Stdout, store)
+		}
+		if err == nil {
+			err = runConsumerDemo(ctx, os.Stdout, store)
 		}
 	}
 	if err != nil {
