@@ -23,14 +23,16 @@
 // The key is the Nats-Msg-Id header (WithKeyHeader names another), which
 // the publisher sets and JetStream also deduplicates on within the stream's
 // duplicate window; idem extends that window to the record TTL. A message
-// without it is keyed by its stream and stream sequence, which dedups
-// redeliveries of one stored message. WithKey replaces both. The request
-// fingerprint is the subject and the payload, not the headers: two
-// publishes of one logical message with different transport headers are
-// the same request, and an ID reused for another payload is terminated,
-// not processed. Handlers that share a store must have their own
-// namespaces (WithOptions(idem.WithNamespace(...))): otherwise one's
-// record answers the other's message with the same ID.
+// without it is keyed by its stream sequence, which dedups redeliveries of
+// one stored message. WithKey replaces both. Every key is scoped by the
+// message's stream and consumer (idem.ScopedKey): the workers of one
+// durable consumer share their records, and two consumers of one stream,
+// doing different work on a shared store, never answer each other's
+// messages. (A consumer renamed or recreated, as an ephemeral one is,
+// starts afresh.) The request fingerprint is the subject and the payload,
+// not the headers: two publishes of one logical message with different
+// transport headers are the same request, and an ID reused for another
+// payload is terminated, not processed.
 //
 // # AckWait and the lock TTL
 //
@@ -172,13 +174,20 @@ type handler struct {
 func (h *handler) handle(msg jetstream.Msg) {
 	c := &call{msg: msg}
 	ctx := context.WithValue(h.cfg.ctx, callKey{}, c)
-	key, err := h.key(msg)
-	var info idem.Info
+	var key string
+	err := h.op.Err() // invalid options come first: retried, never terminated
 	if err == nil {
+		key, err = h.key(msg)
+	}
+	var info idem.Info
+	switch {
+	case err != nil && h.op.Err() != nil:
+		info.Outcome = idem.OutcomeInvalid
+	case err == nil:
 		_, info, err = h.op.DoInfo(ctx, key, message{Subject: msg.Subject(), Data: msg.Data()}, func(ctx context.Context, _ message) (struct{}, error) {
 			return struct{}{}, h.fn(ctx, msg)
 		})
-	} else {
+	default:
 		info.Outcome = idem.OutcomeInvalidKey
 	}
 	switch queue.Decide(info, err) {
@@ -210,23 +219,30 @@ func (h *handler) report(msg jetstream.Msg, what string, err error) {
 	}
 }
 
-// key returns msg's idempotency key.
+// key returns msg's idempotency key, scoped by its stream and consumer.
 func (h *handler) key(msg jetstream.Msg) (string, error) {
-	if h.cfg.key != nil {
-		k, err := h.cfg.key(msg)
-		if err != nil {
+	md, mderr := msg.Metadata()
+	var k string
+	switch {
+	case h.cfg.key != nil:
+		var err error
+		if k, err = h.cfg.key(msg); err != nil {
 			return "", fmt.Errorf("%w: natsadapter: %w", idem.ErrInvalidKey, err)
 		}
-		return k, nil
+	case msg.Headers().Get(h.cfg.keyHeader) != "":
+		k = msg.Headers().Get(h.cfg.keyHeader)
+	case mderr != nil:
+		return "", fmt.Errorf("%w: natsadapter: message has no %s header and no JetStream metadata: %w", idem.ErrInvalidKey, h.cfg.keyHeader, mderr)
+	default:
+		k = strconv.FormatUint(md.Sequence.Stream, 10)
 	}
-	if k := msg.Headers().Get(h.cfg.keyHeader); k != "" {
-		return k, nil
+	if err := idem.ValidateKey(k); err != nil {
+		return "", err
 	}
-	md, err := msg.Metadata()
-	if err != nil {
-		return "", fmt.Errorf("%w: natsadapter: message has no %s header and no JetStream metadata: %w", idem.ErrInvalidKey, h.cfg.keyHeader, err)
+	if mderr != nil {
+		return k, nil // not from JetStream (a test's message): unscoped
 	}
-	return md.Stream + "/" + strconv.FormatUint(md.Sequence.Stream, 10), nil
+	return idem.ScopedKey(md.Stream+"/"+md.Consumer, k), nil
 }
 
 // deliveries returns how often msg was delivered, 1 when unknown.

@@ -377,3 +377,28 @@ func TestKeyFuncError(t *testing.T) {
 		t.Errorf("fn ran %d times, %d terminations; want 0 and 1", runs.Load(), terminated.Load())
 	}
 }
+
+func TestConsumersSharingAStore(t *testing.T) {
+	// Two durable consumers of one stream do different work on one store:
+	// each processes the message once; neither replays the other's record.
+	js, billing, subject := setup(t, 5*time.Second)
+	stream, err := js.Stream(ctxFor(t), billing.CachedInfo().Stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	shipping, err := stream.CreateOrUpdateConsumer(ctxFor(t), jetstream.ConsumerConfig{Durable: "shipping", AckPolicy: jetstream.AckExplicitPolicy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := memstore.New()
+	var billed, shipped atomic.Int32
+	consume(t, billing, natsadapter.Handler(store, func(context.Context, jetstream.Msg) error { billed.Add(1); return nil }))
+	consume(t, shipping, natsadapter.Handler(store, func(context.Context, jetstream.Msg) error { shipped.Add(1); return nil }))
+	publish(t, js, subject, natsadapter.DefaultKeyHeader, "order-1", "order")
+	publish(t, js, subject, natsadapter.DefaultKeyHeader, "order-1", "order")
+	settled(t, billing, 5*time.Second)
+	settled(t, shipping, 5*time.Second)
+	if billed.Load() != 1 || shipped.Load() != 1 {
+		t.Errorf("billed %d times and shipped %d times, want once each", billed.Load(), shipped.Load())
+	}
+}
