@@ -278,3 +278,34 @@ func TestRefreshUnderWayAtStop(t *testing.T) {
 		}
 	})
 }
+
+// TestInterruptedErrorNotRecorded: with a disposition that records every
+// error, an error fn returns after its context ended (here the caller
+// gave up) is released, not stored as the key's outcome; an error fn
+// marks itself still is.
+func TestInterruptedErrorNotRecorded(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		op := idem.New[string, int](memstore.New(), idem.WithDisposition(func(error) idem.Disposition { return idem.Record }))
+		ctx, cancel := context.WithCancel(context.Background())
+		time.AfterFunc(time.Second, cancel)
+		interrupted := func(ctx context.Context, _ string) (int, error) { <-ctx.Done(); return 0, ctx.Err() }
+		_, info, err := op.DoInfo(ctx, "k", "r", interrupted)
+		if !errors.Is(err, context.Canceled) || info.Outcome != idem.OutcomeFnError {
+			t.Fatalf("interrupted call = %v, %v; want fn's error, released", info.Outcome, err)
+		}
+		r, info, err := op.DoInfo(context.Background(), "k", "r", func(context.Context, string) (int, error) { return 7, nil })
+		if err != nil || r != 7 || info.Outcome != idem.OutcomeExecuted {
+			t.Fatalf("retry = %d, %v, %v; want fn run again", r, info.Outcome, err)
+		}
+		// Marked by fn itself, it is recorded even so.
+		ctx, cancel = context.WithCancel(context.Background())
+		time.AfterFunc(time.Second, cancel)
+		_, info, _ = op.DoInfo(ctx, "k2", "r", func(ctx context.Context, _ string) (int, error) {
+			<-ctx.Done()
+			return 0, idem.Final(errors.New("settled anyway"))
+		})
+		if info.Outcome != idem.OutcomeFinalError {
+			t.Errorf("a Final error after the context ended: %v, want final_error", info.Outcome)
+		}
+	})
+}

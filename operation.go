@@ -381,7 +381,15 @@ func (o *Operation[Req, Resp]) execute(ctx context.Context, info *Info, lease Le
 		}
 		info.Outcome = OutcomeExecuted
 	} else {
-		switch dispose(ferr, o.cfg.dispose) {
+		// An error fn returns after its context ended (the caller gave
+		// up, or the lease was lost) is the interruption, not fn's
+		// outcome: WithDisposition is not asked, and only fn's own mark
+		// (Final, Dispose) can have it recorded or held.
+		decide := o.cfg.dispose
+		if fnCtx.Err() != nil {
+			decide = nil
+		}
+		switch dispose(ferr, decide) {
 		case Record:
 			// Store only what can be read back: a message that is not
 			// UTF-8 would make every replay a corrupt record.

@@ -152,9 +152,12 @@ func WithFingerprint[Req any](f func(Req) ([]byte, error)) Option {
 // (store the error and replay it, as Stripe stores a declined charge),
 // Release (store nothing; a retry runs fn again) or Hold (store nothing, and
 // refuse the key until the lease expires). Errors marked with Final
-// (recorded) or Dispose keep their mark whatever decide says. The default, and a nil decide, releases
-// every other error. decide must be safe for concurrent use; if it panics,
-// the key is held.
+// (recorded) or Dispose keep their mark whatever decide says. The default,
+// and a nil decide, releases every other error. decide is not asked about
+// an error fn returns after its context ended (the caller's context, or a
+// lost lease): that error is the interruption, not an outcome to replay,
+// and is released unless fn marked it. decide must be safe for concurrent
+// use; if it panics, the key is held.
 func WithDisposition(decide func(err error) Disposition) Option {
 	return func(c *config) { c.dispose = decide }
 }
