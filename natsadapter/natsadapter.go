@@ -23,12 +23,13 @@
 // The key is the Nats-Msg-Id header (WithKeyHeader names another), which
 // the publisher sets and JetStream also deduplicates on within the stream's
 // duplicate window; idem extends that window to the record TTL. A message
-// without it is keyed by its stream sequence, which dedups redeliveries of
-// one stored message. WithKey replaces both. Every key is scoped by the
+// without it is keyed by its stream sequence and the time it was stored,
+// which dedups redeliveries of one stored message (also across a stream
+// deleted and created again, whose sequences restart). WithKey replaces both. Every key is scoped by the
 // message's stream and consumer (idem.ScopedKey): the workers of one
 // durable consumer share their records, and two consumers of one stream,
 // doing different work on a shared store, never answer each other's
-// messages. (A consumer renamed or recreated, as an ephemeral one is,
+// messages. (A consumer renamed, as an ephemeral one is when recreated,
 // starts afresh.) The request fingerprint is the subject and the payload,
 // not the headers: two publishes of one logical message with different
 // transport headers are the same request, and an ID reused for another
@@ -48,7 +49,11 @@
 // in progress: with a fn that can outlast AckWait, pull one message at a
 // time (jetstream.PullMaxMessages(1)), or a batch fn can finish within
 // AckWait. A redelivered message is never acked while its first attempt
-// runs, so such redeliveries cost a delay, never a message.
+// runs, so such redeliveries cost a delay, never a message, as long as the
+// consumer's MaxDeliver is unset: every nak counts as a delivery, and
+// JetStream drops a message that reached MaxDeliver without telling the
+// handler. End a message on purpose with idem.Final instead. Header names
+// are case-sensitive, as NATS headers are.
 //
 // fn's context ends when the handler gives up: its lease was lost (then
 // idem reports it, and the message is retried), or the context given with
@@ -124,7 +129,9 @@ func WithOnTerminate(f func(msg jetstream.Msg, err error)) Option {
 
 // WithOnError sets a function called when the handler cannot ack, nak or
 // terminate a message (JetStream then redelivers it after AckWait, and the
-// retry replays), or when the Operation's options are invalid.
+// retry replays), when the Operation's options are invalid, and when fn ran
+// but its outcome could not be stored (the error wraps idem.ErrNotStored):
+// the message is redelivered, and may run fn again, so alert on that one.
 func WithOnError(f func(msg jetstream.Msg, err error)) Option {
 	return func(c *config) { c.onError = f }
 }
@@ -201,6 +208,11 @@ func (h *handler) handle(msg jetstream.Msg) {
 		}
 		h.report(msg, "nak", msg.NakWithDelay(queue.Backoff(deliveries(msg), h.cfg.backoffLo, h.cfg.backoffHi)))
 	case queue.RetryAfterLease:
+		if info.Outcome == idem.OutcomeNotStored {
+			// fn ran, and its outcome is unknown: the redelivery may
+			// run it again. Someone must hear of it.
+			h.report(msg, "fn ran, but its outcome was not stored", err)
+		}
 		h.report(msg, "nak", msg.NakWithDelay(c.lockTTL()))
 	case queue.Terminate:
 		// Term, not TermWithReason: servers before 2.10.4 ignore the
@@ -234,7 +246,10 @@ func (h *handler) key(msg jetstream.Msg) (string, error) {
 	case mderr != nil:
 		return "", fmt.Errorf("%w: natsadapter: message has no %s header and no JetStream metadata: %w", idem.ErrInvalidKey, h.cfg.keyHeader, mderr)
 	default:
-		k = strconv.FormatUint(md.Sequence.Stream, 10)
+		// With the time it was stored: a stream deleted and created
+		// again restarts its sequences, and its new messages must not
+		// replay the old ones' records.
+		k = strconv.FormatUint(md.Sequence.Stream, 10) + "@" + strconv.FormatInt(md.Timestamp.UnixNano(), 10)
 	}
 	if err := idem.ValidateKey(k); err != nil {
 		return "", err
