@@ -23,6 +23,7 @@ import (
 // returns; it may be called more than once.
 type keeper struct {
 	ctx    context.Context
+	t      *trace // nil without an observer
 	lease  Lease
 	ttl    time.Duration
 	cancel context.CancelCauseFunc
@@ -37,15 +38,18 @@ type keeper struct {
 
 // keepAlive starts keeping lease alive. acquired is when the Acquire that
 // granted the lease was sent: the store set the lease's expiry no earlier.
-func keepAlive(ctx context.Context, lease Lease, acquired time.Time, ttl time.Duration, cancel context.CancelCauseFunc) *keeper {
-	k := &keeper{ctx: ctx, lease: lease, ttl: ttl, cancel: cancel, acquired: acquired}
+func keepAlive(ctx context.Context, t *trace, lease Lease, acquired time.Time, ttl time.Duration, cancel context.CancelCauseFunc) *keeper {
+	k := &keeper{ctx: ctx, t: t, lease: lease, ttl: ttl, cancel: cancel, acquired: acquired}
 	k.mu.Lock()
 	k.refresh = time.AfterFunc(ttl/3, k.keep)
 	k.mu.Unlock()
 	return k
 }
 
-func (k *keeper) expire() { k.cancel(ErrLeaseLost) }
+func (k *keeper) expire() {
+	k.t.leaseLost()
+	k.cancel(ErrLeaseLost)
+}
 
 // keep refreshes the lease, and schedules the next refresh.
 func (k *keeper) keep() {
@@ -67,13 +71,16 @@ func (k *keeper) keep() {
 	rctx := newCleanupContext(k.ctx, k.ttl/3)
 	err := k.lease.Refresh(rctx, k.ttl)
 	rctx.end()
+	k.t.refreshed(err)
 	next := k.ttl / 3
 	switch {
 	case err == nil:
 	case errors.Is(err, ErrLeaseLost):
+		k.t.leaseLost()
 		k.cancel(ErrLeaseLost)
 		return
 	default:
+		k.t.storeError("refresh", err)
 		next = k.ttl / 10
 	}
 	k.mu.Lock()

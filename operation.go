@@ -23,6 +23,7 @@ type Operation[Req, Resp any] struct {
 	reqs        sync.Pool                 // of *Req, zeroed, for the default fingerprint
 	types       string                    // the request and result types, kept in records
 	cache       *localCache               // nil without WithLocalCache
+	obs         *Observer                 // nil without WithObserver
 	boxes       sync.Pool                 // of *Resp, zeroed, to decode into without allocating
 	err         error
 }
@@ -88,6 +89,7 @@ func New[Req, Resp any](store Store, opts ...Option) *Operation[Req, Resp] {
 	if cfg.cacheSize > 0 {
 		o.cache = newLocalCache(cfg.cacheSize)
 	}
+	o.obs = combine(cfg.observers)
 	return o
 }
 
@@ -147,13 +149,31 @@ func (o *Operation[Req, Resp]) Do(ctx context.Context, key string, req Req, fn f
 // DoInfo is Do, and also reports the call's outcome and the request's
 // fingerprint.
 func (o *Operation[Req, Resp]) DoInfo(ctx context.Context, key string, req Req, fn func(context.Context, Req) (Resp, error)) (Resp, Info, error) {
+	if o.obs != nil {
+		return o.doObserved(ctx, key, req, fn)
+	}
 	info := Info{Key: key}
-	resp, err := o.do(ctx, &info, req, fn)
+	resp, err := o.do(ctx, nil, &info, req, fn)
 	info.Replayed = info.Outcome == OutcomeReplayed
 	return resp, info, err
 }
 
-func (o *Operation[Req, Resp]) do(ctx context.Context, info *Info, req Req, fn func(context.Context, Req) (Resp, error)) (Resp, error) {
+// doObserved is DoInfo with observers to tell.
+func (o *Operation[Req, Resp]) doObserved(ctx context.Context, key string, req Req, fn func(context.Context, Req) (Resp, error)) (Resp, Info, error) {
+	// The trace outlives the call in observers' hands: it holds a copy of
+	// the key, which the call uses from here on, so that a caller's key
+	// does not escape to the heap in calls without observers (escape
+	// analysis judges a parameter by every path).
+	t := newTrace(ctx, o.obs, o.cfg.namespace, strings.Clone(key))
+	info := Info{Key: t.call.Key}
+	resp, err := o.do(t.ctx, t, &info, req, fn)
+	info.Replayed = info.Outcome == OutcomeReplayed
+	t.done(info.Fingerprint, info.Outcome, err)
+	return resp, info, err
+}
+
+// do is DoInfo's work; t observes it, when not nil.
+func (o *Operation[Req, Resp]) do(ctx context.Context, t *trace, info *Info, req Req, fn func(context.Context, Req) (Resp, error)) (Resp, error) {
 	var zero Resp
 	if o.err != nil {
 		info.Outcome = OutcomeInvalid
@@ -188,6 +208,7 @@ func (o *Operation[Req, Resp]) do(ctx context.Context, info *Info, req Req, fn f
 		sent := time.Now()
 		acq, err := o.store.Acquire(ctx, skey, fp, o.cfg.lockTTL)
 		if err != nil {
+			t.storeError("acquire", err)
 			switch {
 			case ctx.Err() != nil:
 				info.Outcome = OutcomeCanceled
@@ -208,7 +229,7 @@ func (o *Operation[Req, Resp]) do(ctx context.Context, info *Info, req Req, fn f
 			info.Outcome = outcome
 			return resp, err
 		case acq.Lease != nil:
-			resp, err := o.execute(ctx, info, acq.Lease, sent, skey, fp, req, fn)
+			resp, err := o.execute(ctx, t, info, acq.Lease, sent, skey, fp, req, fn)
 			if !errors.Is(err, errLeaseExpired) {
 				return resp, err
 			}
@@ -240,13 +261,17 @@ func (o *Operation[Req, Resp]) do(ctx context.Context, info *Info, req Req, fn f
 			info.Outcome = OutcomeInFlight
 			return zero, fmt.Errorf("%w (waited %v)", ErrInFlight, o.cfg.wait)
 		}
-		switch err := o.store.Wait(waitCtx, skey); {
+		began := time.Now()
+		err = o.store.Wait(waitCtx, skey)
+		t.wait(time.Since(began))
+		switch {
 		case err == nil, ctx.Err() == nil && waitCtx.Err() != nil:
 			// Look again; when the wait ran out, this is the last look.
 		case ctx.Err() != nil:
 			info.Outcome = OutcomeCanceled
 			return zero, fmt.Errorf("idem: waiting for in-flight request: %w", ctx.Err())
 		default:
+			t.storeError("wait", err)
 			info.Outcome = OutcomeStoreError
 			return zero, fmt.Errorf("%w: waiting: %w", ErrStore, err)
 		}
@@ -324,7 +349,7 @@ var errLeaseExpired = errors.New("idem: lease expired before fn started")
 
 // execute runs fn under lease on skey, granted by an Acquire sent at
 // acquired, and stores its outcome.
-func (o *Operation[Req, Resp]) execute(ctx context.Context, info *Info, lease Lease, acquired time.Time, skey, fp string, req Req, fn func(context.Context, Req) (Resp, error)) (Resp, error) {
+func (o *Operation[Req, Resp]) execute(ctx context.Context, t *trace, info *Info, lease Lease, acquired time.Time, skey, fp string, req Req, fn func(context.Context, Req) (Resp, error)) (Resp, error) {
 	var zero Resp
 	// A caller paused between Acquire and here (a GC pause, a descheduled
 	// or stopped process) may hold a lease that has expired, and whose key
@@ -336,11 +361,13 @@ func (o *Operation[Req, Resp]) execute(ctx context.Context, info *Info, lease Le
 		rctx := newCleanupContext(ctx, o.cfg.lockTTL/3)
 		err := lease.Refresh(rctx, o.cfg.lockTTL)
 		rctx.end()
+		t.refreshed(err)
 		switch {
 		case errors.Is(err, ErrLeaseLost):
 			return zero, errLeaseExpired
 		case err != nil:
-			o.release(ctx, lease)
+			t.storeError("refresh", err)
+			o.release(ctx, t, lease)
 			info.Outcome = OutcomeStoreError
 			return zero, fmt.Errorf("%w: confirming the lease before fn: %w", ErrStore, err)
 		}
@@ -349,7 +376,7 @@ func (o *Operation[Req, Resp]) execute(ctx context.Context, info *Info, lease Le
 
 	fnCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	keeper := keepAlive(fnCtx, lease, acquired, o.cfg.lockTTL, cancel)
+	keeper := keepAlive(fnCtx, t, lease, acquired, o.cfg.lockTTL, cancel)
 
 	returned, settled := false, false
 	defer func() {
@@ -357,16 +384,23 @@ func (o *Operation[Req, Resp]) execute(ctx context.Context, info *Info, lease Le
 		switch {
 		case settled:
 		case !returned: // fn panicked or called runtime.Goexit: it did not complete
-			o.release(ctx, lease)
+			o.release(ctx, t, lease)
 		default:
 			// The codec or the disposition function panicked after fn
 			// completed. Its effect stands, so the key is held: the lease
 			// is left to expire, and a retry right now is refused, not run.
 		}
 	}()
+	var began time.Time
+	if t != nil {
+		began = time.Now()
+	}
 	resp, ferr := fn(fnCtx, req)
 	returned = true
 	keeper.stop()
+	if t != nil {
+		t.fnDuration = time.Since(began)
+	}
 
 	rec := record{fingerprint: fp, codec: o.cfg.codec.Name(), types: o.types}
 	var b []byte // the encoded record
@@ -402,13 +436,13 @@ func (o *Operation[Req, Resp]) execute(ctx context.Context, info *Info, lease Le
 			return resp, ferr
 		default:
 			settled = true
-			o.release(ctx, lease)
+			o.release(ctx, t, lease)
 			info.Outcome = OutcomeFnError
 			return resp, ferr
 		}
 	}
 	settled = true
-	err := o.commit(ctx, lease, skey, b, ferr)
+	err := o.commit(ctx, t, lease, skey, b, ferr)
 	if errors.Is(err, ErrNotStored) {
 		info.Outcome = OutcomeNotStored
 	}
@@ -463,18 +497,26 @@ func (o *Operation[Req, Resp]) encode(rec record, resp Resp) ([]byte, error) {
 // record stored is also cached locally (WithLocalCache), to expire a TTL
 // after the first Commit was sent: a retried Commit may find the record
 // that an earlier one stored, whose expiry the store counted from then.
-func (o *Operation[Req, Resp]) commit(ctx context.Context, lease Lease, skey string, b []byte, ferr error) error {
+func (o *Operation[Req, Resp]) commit(ctx context.Context, t *trace, lease Lease, skey string, b []byte, ferr error) error {
 	first := time.Now()
 	cctx := newCleanupContextAt(ctx, first, o.cfg.lockTTL)
 	defer cctx.end()
 	backoff := 5 * time.Millisecond
-	for {
+	for attempt := 1; ; attempt++ {
 		err := lease.Commit(cctx, b, o.cfg.ttl)
 		if err == nil {
 			if o.cache != nil {
 				o.cache.put(skey, b, first.Add(o.cfg.ttl))
 			}
+			if t != nil {
+				t.recordSize = len(b)
+			}
 			return ferr
+		}
+		if errors.Is(err, ErrLeaseLost) {
+			t.leaseLost()
+		} else {
+			t.storeError("commit", err)
 		}
 		if errors.Is(err, ErrNotStored) {
 			// The store knows that no retry can store the record.
@@ -483,21 +525,24 @@ func (o *Operation[Req, Resp]) commit(ctx context.Context, lease Lease, skey str
 		if errors.Is(err, ErrLeaseLost) || errors.Is(err, ErrCorruptRecord) || cctx.Err() != nil {
 			return errors.Join(fmt.Errorf("%w: %w", ErrNotStored, err), ferr)
 		}
-		t := time.NewTimer(backoff)
+		t.commitRetry(attempt, err)
+		tm := time.NewTimer(backoff)
 		select {
 		case <-cctx.Done():
-			t.Stop()
+			tm.Stop()
 			return errors.Join(fmt.Errorf("%w: %w", ErrNotStored, err), ferr)
-		case <-t.C:
+		case <-tm.C:
 		}
 		backoff = min(2*backoff, 250*time.Millisecond)
 	}
 }
 
-func (o *Operation[Req, Resp]) release(ctx context.Context, lease Lease) {
+func (o *Operation[Req, Resp]) release(ctx context.Context, t *trace, lease Lease) {
 	cctx := newCleanupContext(ctx, o.cfg.lockTTL)
 	defer cctx.end()
 	// A failed release leaves the lease to expire on its own; the caller
 	// already has fn's outcome, which is what it needs.
-	_ = lease.Release(cctx)
+	if err := lease.Release(cctx); err != nil && !errors.Is(err, ErrLeaseLost) {
+		t.storeError("release", err)
+	}
 }

@@ -29,6 +29,7 @@ type config struct {
 	fingerprint any // func(Req) ([]byte, error), checked by New
 	dispose     func(error) Disposition
 	cacheSize   int
+	observers   []*Observer
 	errs        []error
 }
 
