@@ -1,6 +1,7 @@
 package kafkaadapter
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -153,7 +154,10 @@ func (p *Processor) Process(ctx context.Context, rec *kgo.Record) Result {
 	if err != nil {
 		return p.terminate(ctx, rec, Result{Action: queue.Terminate, Info: idem.Info{Outcome: idem.OutcomeInvalidKey}, Err: err})
 	}
-	msg := message{Topic: rec.Topic, Key: rec.Key, Value: rec.Value}
+	// Copies: fn may change rec's bytes in place, and every attempt must
+	// fingerprint what was received. bytes.Clone keeps nil apart from
+	// empty, as the fingerprint does.
+	msg := message{Topic: rec.Topic, Key: bytes.Clone(rec.Key), Value: bytes.Clone(rec.Value)}
 	fn := func(ctx context.Context, _ message) (struct{}, error) { return struct{}{}, p.fn(ctx, rec) }
 	for attempt := 1; ; attempt++ {
 		_, info, err := p.op.DoInfo(ctx, key, msg, fn)
@@ -206,8 +210,10 @@ func (p *Processor) key(rec *kgo.Record) (string, error) {
 			k = v
 		default:
 			// A position key may exceed idem.MaxKeyLen (topic names
-			// reach 249 bytes): ScopedKey then hashes it.
-			k = positionKey(rec)
+			// reach 249 bytes): ScopedKey then hashes it. It has a
+			// scope of its own, so that no producer's header value
+			// can name a position.
+			return idem.ScopedKey(p.group+"/position", positionKey(rec)), nil
 		}
 	}
 	return idem.ScopedKey(p.group, k), nil

@@ -182,7 +182,7 @@ func TestPositionKey(t *testing.T) {
 	wantResult(t, "first", proc.Process(ctx, at(rec("", "v"), 7)), queue.Ack, idem.OutcomeExecuted, true)
 	res := proc.Process(ctx, at(rec("", "v"), 7))
 	wantResult(t, "redelivery", res, queue.Ack, idem.OutcomeReplayed, true)
-	if want := idem.ScopedKey("g", "t/0/7@1700000000000"); res.Info.Key != want {
+	if want := idem.ScopedKey("g/position", "t/0/7@1700000000000"); res.Info.Key != want {
 		t.Errorf("key %q, want %q", res.Info.Key, want)
 	}
 	wantResult(t, "next offset", proc.Process(ctx, at(rec("", "v"), 8)), queue.Ack, idem.OutcomeExecuted, true)
