@@ -41,7 +41,9 @@ type Observer struct {
 	// CommitRetry is called before a failed Commit is tried again;
 	// attempt counts the failures so far, from 1.
 	CommitRetry func(ctx context.Context, c Call, attempt int, err error)
-	// Done is called when Do returns.
+	// Done is called when Do returns, and also when fn panicked: then
+	// before the panic goes on, with an Info.Outcome of 0 (its String is
+	// "unknown") and an error saying that fn panicked.
 	Done func(ctx context.Context, c Call, end CallEnd)
 }
 

@@ -178,3 +178,20 @@ func TestObserversCombine(t *testing.T) {
 		t.Errorf("told %q and %q, want %q each", ea, eb, want)
 	}
 }
+
+func TestObserverPanic(t *testing.T) {
+	var rec recorder
+	op := idem.New[string, int](memstore.New(), idem.WithObserver(rec.observer()))
+	func() {
+		defer func() {
+			if recover() == nil {
+				t.Error("the panic did not go on")
+			}
+		}()
+		_, _ = op.Do(context.Background(), "k", "r", func(context.Context, string) (int, error) { panic("boom") })
+	}()
+	events, ends := rec.take()
+	if !slices.Equal(events, []string{"start /k", "done unknown"}) || ends[0].Err == nil || ends[0].FnDuration != 0 {
+		t.Errorf("told %q, %+v; want Done with outcome 0 and an error", events, ends)
+	}
+}

@@ -166,11 +166,21 @@ func (o *Operation[Req, Resp]) doObserved(ctx context.Context, key string, req R
 	// analysis judges a parameter by every path).
 	t := newTrace(ctx, o.obs, o.cfg.namespace, strings.Clone(key))
 	info := Info{Key: t.call.Key}
+	returned := false
+	defer func() {
+		if !returned { // fn panicked: the panic goes on, after Done
+			t.done(info.Fingerprint, 0, errPanicked)
+		}
+	}()
 	resp, err := o.do(t.ctx, t, &info, req, fn)
+	returned = true
 	info.Replayed = info.Outcome == OutcomeReplayed
 	t.done(info.Fingerprint, info.Outcome, err)
 	return resp, info, err
 }
+
+// errPanicked is the error an Observer's Done is given when fn panicked.
+var errPanicked = errors.New("idem: fn panicked")
 
 // do is DoInfo's work; t observes it, when not nil.
 func (o *Operation[Req, Resp]) do(ctx context.Context, t *trace, info *Info, req Req, fn func(context.Context, Req) (Resp, error)) (Resp, error) {
