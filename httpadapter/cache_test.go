@@ -3,6 +3,8 @@ package httpadapter_test
 import (
 	"context"
 	"net/http"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -41,4 +43,27 @@ func TestLocalCache(t *testing.T) {
 		t.Errorf("5 replays and a reused key reached the store %d times, want 0", n)
 	}
 	e.wantRuns(1)
+}
+
+// TestObserver: an idem.Observer given through WithOptions hears of every
+// request's call, with its outcome and the Operation's namespace.
+func TestObserver(t *testing.T) {
+	var mu sync.Mutex
+	var outcomes []string
+	obs := &idem.Observer{Done: func(_ context.Context, c idem.Call, end idem.CallEnd) {
+		mu.Lock()
+		outcomes = append(outcomes, c.Namespace+":"+end.Info.Outcome.String())
+		mu.Unlock()
+	}}
+	e := start(t, memstore.New(), createHandler, httpadapter.WithScope(nil), httpadapter.WithOptions(idem.WithNamespace("orders"), idem.WithObserver(obs)))
+	key := newKey()
+	first := e.send(call{key: key, body: `{"item":"book"}`})
+	wantNew(t, first, http.StatusCreated)
+	wantHit(t, e.send(call{key: key, body: `{"item":"book"}`}), first)
+	wantProblem(t, e.send(call{key: key, body: `{"item":"pen"}`}), http.StatusUnprocessableEntity, httpadapter.ProblemKeyReused)
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []string{"orders:executed", "orders:replayed", "orders:key_reused"}; !slices.Equal(outcomes, want) {
+		t.Errorf("observer heard %q, want %q", outcomes, want)
+	}
 }
