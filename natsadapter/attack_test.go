@@ -129,8 +129,11 @@ func TestAttackStorm(t *testing.T) {
 				if okRuns[id] > 1 {
 					doubles++ // allowed by the core (ErrNotStored), but see TestAttackNotStoredIsSilent
 				}
-				if commits != 1 {
-					t.Errorf("key %s committed %d times, want 1", id, commits)
+				// A Commit whose reply was lost under load may have
+				// stored the record while reporting failure (every
+				// ack checks the store holds it): then none succeeded.
+				if commits > 1 || commits == 0 && failed == 0 {
+					t.Errorf("key %s committed %d times (%d failed), want 1", id, commits, failed)
 				}
 				if okRuns[id] > 1+failed {
 					t.Errorf("key %s: fn completed %d times, with %d failed Commits: a silent double execution", id, okRuns[id], failed)

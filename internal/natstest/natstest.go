@@ -24,12 +24,11 @@
 package natstest
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
-	"net"
+	"github.com/idemkit/idem/internal/testserver"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -135,7 +134,7 @@ type Server struct {
 
 // LogTail returns the last lines of the server log, for failure messages.
 func (s *Server) LogTail() string {
-	return tail(filepath.Join(s.Dir, logFile))
+	return testserver.Tail(filepath.Join(s.Dir, logFile))
 }
 
 // URL returns the nats:// URL of the binary's shared JetStream server,
@@ -299,7 +298,7 @@ func newServer(bin string) (*Server, error) {
 	// binds it; then nats-server exits and the start is retried on
 	// another port.
 	for attempt := 1; ; attempt++ {
-		port, err := freePort()
+		port, err := testserver.FreePort()
 		if err != nil {
 			os.RemoveAll(dir)
 			return nil, err
@@ -438,7 +437,7 @@ func (s *Server) start() error {
 		select {
 		case <-exited:
 			s.cmd, s.exited = nil, nil
-			t := tail(logPath)
+			t := testserver.Tail(logPath)
 			if strings.Contains(t, "address already in use") {
 				return fmt.Errorf("nats-server on port %d: %w", s.Port, errPortTaken)
 			}
@@ -447,7 +446,7 @@ func (s *Server) start() error {
 		}
 		if time.Now().After(deadline) {
 			s.Stop()
-			return fmt.Errorf("nats-server on port %d not ready after %v: %w\n%s", s.Port, startTimeout, err, tail(logPath))
+			return fmt.Errorf("nats-server on port %d not ready after %v: %w\n%s", s.Port, startTimeout, err, testserver.Tail(logPath))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -484,28 +483,4 @@ func (s *Server) waitExit(d time.Duration) bool {
 	case <-t.C:
 		return false
 	}
-}
-
-// freePort returns a loopback port that is free now.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-// tail returns the last lines of the file at path, or why it cannot.
-func tail(path string) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Sprintf("(log %s: %v)", path, err)
-	}
-	b = bytes.TrimRight(b, "\n")
-	lines := bytes.Split(b, []byte("\n"))
-	if len(lines) > 20 {
-		lines = lines[len(lines)-20:]
-	}
-	return fmt.Sprintf("last lines of %s:\n%s", filepath.Base(path), bytes.Join(lines, []byte("\n")))
 }

@@ -27,6 +27,7 @@ package pgtest
 import (
 	"context"
 	"flag"
+	"github.com/idemkit/idem/internal/testserver"
 	"net"
 	"net/url"
 	"os"
@@ -130,7 +131,7 @@ func (s *Server) ConnString(db string) string {
 
 // LogTail returns the last lines of the server log, for failure messages.
 func (s *Server) LogTail() string {
-	return tail(filepath.Join(s.Dir, "postgres.log"))
+	return testserver.Tail(filepath.Join(s.Dir, "postgres.log"))
 }
 
 // SharedServer returns the binary's server, starting it on first use. It

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/idemkit/idem/internal/testserver"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -234,7 +235,7 @@ func TestDiesWithBinary(t *testing.T) {
 	}
 	// Shut down, not killed: it removed its lock file (and shared memory).
 	if _, err := os.Stat(filepath.Join(dir, "data", "postmaster.pid")); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("postmaster.pid of the dead server: %v, want it removed\n%s", err, tail(filepath.Join(dir, "postgres.log")))
+		t.Errorf("postmaster.pid of the dead server: %v, want it removed\n%s", err, testserver.Tail(filepath.Join(dir, "postgres.log")))
 	}
 
 	// The next binary to start a server removes the directory, once it is

@@ -1,11 +1,10 @@
 package pgtest
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"net"
+	"github.com/idemkit/idem/internal/testserver"
 	"os"
 	"os/exec"
 	"os/user"
@@ -202,7 +201,7 @@ func (s *Server) initdb() error {
 	err = cmd.Run()
 	runtime.UnlockOSThread()
 	if err != nil {
-		return fmt.Errorf("initdb: %w\n%s", err, tail(logPath))
+		return fmt.Errorf("initdb: %w\n%s", err, testserver.Tail(logPath))
 	}
 	return nil
 }
@@ -213,7 +212,7 @@ var errPortTaken = errors.New("port taken")
 // start runs postgres on a free port and waits until it accepts connections;
 // the caller holds servers.mu.
 func (s *Server) start() error {
-	port, err := freePort()
+	port, err := testserver.FreePort()
 	if err != nil {
 		return err
 	}
@@ -284,7 +283,7 @@ func (s *Server) start() error {
 		}
 		select {
 		case <-exited:
-			t := tail(logPath)
+			t := testserver.Tail(logPath)
 			if strings.Contains(t, "could not bind") || strings.Contains(t, "already in use") {
 				return fmt.Errorf("postgres on port %d: %w", port, errPortTaken)
 			}
@@ -293,7 +292,7 @@ func (s *Server) start() error {
 		}
 		if time.Now().After(deadline) {
 			s.stop()
-			return fmt.Errorf("postgres on port %d not ready after %v: %w\n%s", port, startTimeout, err, tail(logPath))
+			return fmt.Errorf("postgres on port %d not ready after %v: %w\n%s", port, startTimeout, err, testserver.Tail(logPath))
 		}
 		time.Sleep(25 * time.Millisecond)
 	}
@@ -361,28 +360,4 @@ func childEnv() []string {
 		}
 	}
 	return env
-}
-
-// freePort returns a loopback port that is free now.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-// tail returns the last lines of the file at path, or why it cannot.
-func tail(path string) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Sprintf("(log %s: %v)", path, err)
-	}
-	b = bytes.TrimRight(b, "\n")
-	lines := bytes.Split(b, []byte("\n"))
-	if len(lines) > 20 {
-		lines = lines[len(lines)-20:]
-	}
-	return fmt.Sprintf("last lines of %s:\n%s", filepath.Base(path), bytes.Join(lines, []byte("\n")))
 }
