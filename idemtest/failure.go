@@ -286,7 +286,9 @@ func testResultExpires(t *testing.T, e *env) {
 // the key is refused (ErrInFlight) while the lease lives, and fn runs again
 // once it expired, which needs a store whose leases expire on their own.
 func testHoldKeepsKeyRefused(t *testing.T, e *env) {
-	const lockTTL = 150 * time.Millisecond
+	// Long enough that the Acquire, and the refresh before fn that a slow
+	// Acquire calls for, fit in it on a loaded machine.
+	const lockTTL = 600 * time.Millisecond
 	unknown := errors.New("gateway timeout: outcome unknown")
 	op := idem.New[string, int](e.store, idem.WithLockTTL(lockTTL), idem.WithDisposition(func(err error) idem.Disposition {
 		if errors.Is(err, unknown) {
