@@ -406,6 +406,9 @@ func (o *Operation[Req, Resp]) execute(ctx context.Context, t *trace, info *Info
 		began = time.Now()
 	}
 	resp, ferr := fn(fnCtx, req)
+	// Whether fn's context had ended when fn returned, not later (a
+	// deadline passing while the keeper stops must not count).
+	interrupted := fnCtx.Err() != nil
 	returned = true
 	keeper.stop()
 	if t != nil {
@@ -430,7 +433,7 @@ func (o *Operation[Req, Resp]) execute(ctx context.Context, t *trace, info *Info
 		// outcome: WithDisposition is not asked, and only fn's own mark
 		// (Final, Dispose) can have it recorded or held.
 		decide := o.cfg.dispose
-		if fnCtx.Err() != nil {
+		if interrupted {
 			decide = nil
 		}
 		switch dispose(ferr, decide) {
