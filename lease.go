@@ -47,6 +47,16 @@ func keepAlive(ctx context.Context, t *trace, lease Lease, acquired time.Time, t
 }
 
 func (k *keeper) expire() {
+	// Under the same guard as keep, so that stop waits for it: after stop,
+	// nothing cancels fn's context nor tells an Observer of a loss.
+	k.mu.Lock()
+	if k.stopped {
+		k.mu.Unlock()
+		return
+	}
+	k.running.Add(1)
+	k.mu.Unlock()
+	defer k.running.Done()
 	k.t.leaseLost()
 	k.cancel(ErrLeaseLost)
 }

@@ -309,3 +309,49 @@ func TestInterruptedErrorNotRecorded(t *testing.T) {
 		}
 	})
 }
+
+// slowRefreshStore is memstore whose lease refreshes take a second.
+type slowRefreshStore struct{ *memstore.Store }
+
+func (s slowRefreshStore) Acquire(ctx context.Context, key, fp string, ttl time.Duration) (idem.Acquisition, error) {
+	a, err := s.Store.Acquire(ctx, key, fp, ttl)
+	if a.Lease != nil {
+		a.Lease = slowRefreshLease{a.Lease}
+	}
+	return a, err
+}
+
+type slowRefreshLease struct{ idem.Lease }
+
+func (l slowRefreshLease) Refresh(ctx context.Context, ttl time.Duration) error {
+	time.Sleep(time.Second)
+	return l.Lease.Refresh(ctx, ttl)
+}
+
+// TestGenuineErrorJudgedWhenFnReturns: fn returns a genuine error while
+// its context is still live, so WithDisposition is asked, even when the
+// caller's deadline passes while the keeper stops (which waits for a
+// refresh under way): whether fn was interrupted is judged as it returns.
+func TestGenuineErrorJudgedWhenFnReturns(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		asked := 0
+		op := idem.New[string, int](slowRefreshStore{memstore.New()},
+			idem.WithLockTTL(3*time.Second),
+			idem.WithDisposition(func(error) idem.Disposition { asked++; return idem.Record }))
+		ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+		defer cancel()
+		declined := errors.New("card declined")
+		var ctxErrAtReturn error
+		_, info, err := op.DoInfo(ctx, "k", "r", func(ctx context.Context, _ string) (int, error) {
+			time.Sleep(1200 * time.Millisecond) // the refresh sent at 1s is under way until 2s
+			ctxErrAtReturn = ctx.Err()
+			return 0, declined
+		})
+		if ctxErrAtReturn != nil {
+			t.Fatalf("test setup: fn's context had ended when it returned: %v", ctxErrAtReturn)
+		}
+		if info.Outcome != idem.OutcomeFinalError || asked != 1 {
+			t.Errorf("genuine error returned at 1.2s, deadline 1.5s: outcome %v (err %v), decide asked %d times; want final_error, decide asked once", info.Outcome, err, asked)
+		}
+	})
+}

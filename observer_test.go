@@ -195,3 +195,47 @@ func TestObserverPanic(t *testing.T) {
 		t.Errorf("told %q, %+v; want Done with outcome 0 and an error", events, ends)
 	}
 }
+
+// TestObserverCallerCancelIsNotAStoreError: a caller that gives up before
+// Acquire answers is not a store error (idemotel would count it in
+// idem.store.errors, which an alert watches).
+func TestObserverCallerCancelIsNotAStoreError(t *testing.T) {
+	var rec recorder
+	op := idem.New[string, int](memstore.New(), idem.WithObserver(rec.observer()))
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, info, _ := op.DoInfo(ctx, "k", "r", func(context.Context, string) (int, error) { return 1, nil })
+	events, _ := rec.take()
+	if info.Outcome != idem.OutcomeCanceled {
+		t.Fatalf("outcome %v, want canceled", info.Outcome)
+	}
+	if want := []string{"start /k", "done canceled"}; !slices.Equal(events, want) {
+		t.Errorf("caller cancelled: told %q, want %q (no store error)", events, want)
+	}
+}
+
+// TestObserverNothingAfterDone: when fn returns at the instant its lease
+// expires, the keeper's expiry must not tell the Observer of a loss after
+// Done (an event on an ended span): stop waits for it. Found by review;
+// the race detector's scheduler makes it show in a few hundred rounds.
+func TestObserverNothingAfterDone(t *testing.T) {
+	bad := 0
+	for i := 0; i < 2000 && bad == 0; i++ {
+		synctest.Test(t, func(t *testing.T) {
+			var rec recorder
+			s := &flakyStore{Store: memstore.New()}
+			s.refreshFails.Store(true)
+			op := idem.New[string, int](s, idem.WithObserver(rec.observer()), idem.WithLockTTL(300*time.Millisecond))
+			_, _, _ = op.DoInfo(context.Background(), "k", "r", func(ctx context.Context, _ string) (int, error) {
+				time.Sleep(300 * time.Millisecond)
+				return 1, nil
+			})
+			synctest.Wait()
+			events, _ := rec.take()
+			if i := slices.IndexFunc(events, func(e string) bool { return len(e) > 4 && e[:4] == "done" }); i != len(events)-1 {
+				t.Errorf("told %q: an event after Done", events)
+				bad++
+			}
+		})
+	}
+}

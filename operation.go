@@ -218,14 +218,15 @@ func (o *Operation[Req, Resp]) do(ctx context.Context, t *trace, info *Info, req
 		sent := time.Now()
 		acq, err := o.store.Acquire(ctx, skey, fp, o.cfg.lockTTL)
 		if err != nil {
-			t.storeError("acquire", err)
 			switch {
-			case ctx.Err() != nil:
+			case ctx.Err() != nil: // the caller gave up: not the store's failure
 				info.Outcome = OutcomeCanceled
 				return zero, fmt.Errorf("idem: acquiring key: %w", ctx.Err())
 			case errors.Is(err, ErrCorruptRecord):
+				t.storeError("acquire", err)
 				info.Outcome = OutcomeCorruptRecord
 			default:
+				t.storeError("acquire", err)
 				info.Outcome = OutcomeStoreError
 			}
 			return zero, fmt.Errorf("%w: acquiring key: %w", ErrStore, err)
