@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -25,6 +26,7 @@ import (
 
 	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/grpcadapter"
+	"github.com/idemkit/idem/memstore"
 )
 
 // testErrorsNotStored checks that a handler error is not stored: the key is
@@ -398,5 +400,41 @@ func testInvalidOptions(t *testing.T, newStore newStoreFunc) {
 				t.Errorf("handler ran %d times, want 0", n)
 			}
 		})
+	}
+}
+
+// TestCancelledCallNotRecorded: with a disposition that records the code a
+// handler returns once its context ended, a client that gives up mid-call
+// must not have its cancellation stored as the key's outcome: the retry
+// runs the handler (found in connectadapter by review; grpcadapter decided
+// the same way, in fn, before idem could apply its own rule).
+func TestCancelledCallNotRecorded(t *testing.T) {
+	started := make(chan struct{}, 1)
+	var calls atomic.Int32
+	e := start(t, memstore.New(), setup{unary: func(ctx context.Context, req *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
+		if calls.Add(1) == 1 { // the first call waits for the client to give up
+			started <- struct{}{}
+			<-ctx.Done()
+			return nil, status.Error(codes.Unavailable, "downstream: "+ctx.Err().Error())
+		}
+		return echo(ctx, req)
+	}, opts: []grpcadapter.Option{grpcadapter.WithDisposition(grpcadapter.RecordCodes(codes.Unavailable, codes.Canceled))}})
+	key := grpcadapter.NewKey()
+	ctx, cancel := context.WithCancel(testCtx(t))
+	go func() { <-started; cancel() }()
+	if r := e.call(ctx, key, order("wait")); status.Code(r.err) != codes.Canceled {
+		t.Fatalf("cancelled call: %v", r.err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		r := e.call(testCtx(t), key, order("wait"))
+		if status.Code(r.err) == codes.Aborted && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond) // the first call is still winding down
+			continue
+		}
+		if r.err != nil || r.status() != grpcadapter.StatusNew {
+			t.Fatalf("retry = %v (status %q), want the handler run afresh: the cancellation was stored as the outcome", r.err, r.status())
+		}
+		break
 	}
 }

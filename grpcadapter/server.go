@@ -160,6 +160,13 @@ func (s *server) do(ctx context.Context, method, key string, req proto.Message, 
 	resp, info, err := s.op.DoInfo(ctx, key, call{method, req}, func(ctx context.Context, c call) (*response, error) {
 		ctx, capt = withCapture(ctx)
 		out, herr = handler(ctx, c.req)
+		if herr != nil && ctx.Err() != nil {
+			// The handler's error came after its context ended (the
+			// client went away, the lease was lost): the interruption,
+			// not an outcome to replay, whatever WithDisposition says,
+			// as in idem.
+			return nil, idem.Dispose(errUnstored, idem.Release)
+		}
 		return s.storable(c.method, out, herr, capt, &dpanic)
 	})
 	if dpanic != nil {
