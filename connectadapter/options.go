@@ -101,9 +101,10 @@ func DefaultDisposition(*connect.Error) idem.Disposition { return idem.Release }
 // idem.WithLockTTL, idem.WithWaitTimeout (how long a duplicate of an
 // in-flight call waits for its response instead of failing at once),
 // idem.WithSignatureValidation, idem.WithNamespace and idem.WithCodec.
-// idem.WithFingerprint and idem.WithDisposition are overridden: the
-// interceptor fingerprints requests itself, and decides what is stored by
-// error (see WithDisposition). Options given in several calls of
+// The interceptor fingerprints requests itself: an idem.WithFingerprint
+// here is refused with idem.ErrInvalidOption, rather than ignored.
+// idem.WithDisposition is overridden: the interceptor decides what is
+// stored by error (see WithDisposition). Options given in several calls of
 // WithOptions add up, in order. Server only.
 func WithOptions(opts ...idem.Option) Option {
 	return func(c *config) { c.server("WithOptions"); c.core = append(c.core, opts...) }

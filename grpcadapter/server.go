@@ -96,9 +96,13 @@ func UnaryServerInterceptor(store idem.Store, opts ...Option) grpc.UnaryServerIn
 func newServer(store idem.Store, opts []Option) *server {
 	cfg := newConfig(opts)
 	core := make([]idem.Option, 0, len(cfg.core)+3)
-	core = append(core, idem.WithNamespace(DefaultNamespace))
+	// The interceptor's fingerprint comes before the user's options: an
+	// idem.WithFingerprint among them, which cannot be for the
+	// interceptor's own request type, is then refused (ErrInvalidOption)
+	// instead of silently overridden.
+	core = append(core, idem.WithNamespace(DefaultNamespace), idem.WithFingerprint(fingerprint))
 	core = append(core, cfg.core...)
-	core = append(core, idem.WithFingerprint(fingerprint), idem.WithDisposition(nil)) // the function marks what it does not record
+	core = append(core, idem.WithDisposition(nil)) // the function marks what it does not record
 	op := idem.New[call, *response](store, core...)
 	errs := append(cfg.errs, op.Err())
 	return &server{cfg: cfg, op: op, err: errors.Join(errs...), scopeCheck: !cfg.scopeSet}

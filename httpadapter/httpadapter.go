@@ -169,13 +169,13 @@ func Middleware(store idem.Store, opts ...Option) func(http.Handler) http.Handle
 func newMiddleware(store idem.Store, opts []Option) *middleware {
 	cfg := newConfig(opts)
 	coreOpts := make([]idem.Option, 0, len(cfg.core)+3)
-	coreOpts = append(coreOpts, idem.WithNamespace(DefaultNamespace))
+	// The middleware's fingerprint comes before the user's options: an
+	// idem.WithFingerprint among them, which cannot be for the
+	// middleware's own request type, is then refused (ErrInvalidOption)
+	// instead of silently overridden.
+	coreOpts = append(coreOpts, idem.WithNamespace(DefaultNamespace), idem.WithFingerprint(fingerprinter(cfg.fpHeaders)))
 	coreOpts = append(coreOpts, cfg.core...)
-	coreOpts = append(coreOpts,
-		idem.WithFingerprint(fingerprinter(cfg.fpHeaders)),
-		idem.WithDisposition(nil), // the function marks what it does not record
-
-	)
+	coreOpts = append(coreOpts, idem.WithDisposition(nil)) // the function marks what it does not record
 	op := idem.New[*request, *response](store, coreOpts...)
 	errs := append(cfg.errs, op.Err())
 	return &middleware{cfg: cfg, op: op, err: errors.Join(errs...), scopeCheck: !cfg.scopeSet}

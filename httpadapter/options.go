@@ -111,9 +111,11 @@ func canonicalList(names []string) []string {
 // idem.WithTTL (how long responses are replayed), idem.WithLockTTL,
 // idem.WithWaitTimeout (how long a duplicate of an in-flight request waits
 // for its response instead of receiving 409), idem.WithSignatureValidation,
-// idem.WithNamespace and idem.WithCodec. idem.WithFingerprint and
-// idem.WithDisposition are overridden: the middleware fingerprints requests
-// itself, and decides what is stored by status (see WithDisposition).
+// idem.WithNamespace and idem.WithCodec. The middleware fingerprints
+// requests itself (see WithFingerprintHeaders): an idem.WithFingerprint
+// here is refused with idem.ErrInvalidOption, rather than ignored.
+// idem.WithDisposition is overridden: the middleware decides what is stored
+// by status (see WithDisposition).
 // Options given in several calls of WithOptions add up, in order.
 //
 // With idem.WithSignatureValidation(false), a request whose body, query or
