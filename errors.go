@@ -55,6 +55,8 @@ type ReplayedError struct {
 	Message string
 }
 
+// Error returns Message, the Error() text of the original error, so that a
+// replayed error reads as the first caller's did.
 func (e *ReplayedError) Error() string { return e.Message }
 
 // Unwrap returns ErrReplayed.

@@ -11,7 +11,11 @@
 // fingerprint of its full method name and the deterministic wire encoding
 // of its request, so the same key sent to another method is a reused key.
 // Keys are shared by all callers unless WithScope makes them private to a
-// scope, such as the caller's tenant. For each key:
+// scope, such as the caller's tenant. Adding, removing or changing the
+// scope on a live service changes every stored key, so a retry across the
+// deploy runs the handler again: deploy such a change during low traffic,
+// quickly, and expect no records under the old keys once a TTL has passed
+// (see WithScope). For each key:
 //
 //   - The first call runs the handler. Its response is stored (its message
 //     type's full name and wire encoding, with the header and trailer
@@ -27,12 +31,14 @@
 //     whether the first call is done or still running.
 //   - A retry while the first call is still running is refused with
 //     Aborted (see WithInFlightCode) and a RetryInfo detail or, with
-//     idem.WithWaitTimeout, waits for the stored response. The key stays
+//     idem.WithWaitTimeout, waits for the stored response. Give clients
+//     that retry a wait of a few seconds (at least the handler's p99, below
+//     their deadline), or they may give up on a call that succeeds. The key stays
 //     held while the handler runs, however long it takes: idem refreshes
 //     its lease.
 //
 // Errors of the handler are not stored: the key is released, and a retry
-// runs the handler again. WithFinalCodes chooses status codes (such as
+// runs the handler again. WithDisposition, with RecordCodes, chooses status codes (such as
 // InvalidArgument or NotFound) that are stored and replayed like responses,
 // message and details intact. A handler that panics stores nothing.
 //
@@ -46,7 +52,7 @@
 // failure is reported to the hook set by WithErrorHook.
 //
 // Refusals, where the handler does not run, carry a google.rpc.ErrorInfo
-// detail with Domain and a reason:
+// detail with Domain and one of the Reason constants:
 //
 //	situation                            code                reason
 //	key missing (where required)         InvalidArgument     ReasonKeyMissing

@@ -24,7 +24,8 @@ const (
 	// HeaderStatus says whether the handler ran (StatusNew) or the outcome
 	// was replayed (StatusHit). It is sent in the header metadata with a
 	// response, and in the trailer metadata with an error, so that the
-	// error can be retried by gRPC's retry policy (see setMarks).
+	// error stays a trailers-only response, which gRPC's retry policy can
+	// retry: a call whose response header arrived is never retried.
 	HeaderStatus = "idempotency-status"
 	// HeaderStored is "false", next to HeaderStatus, on the outcome of a
 	// handler that ran but was not stored, so a retry with its key runs the

@@ -11,7 +11,7 @@ import (
 )
 
 // Domain is the domain of the google.rpc.ErrorInfo detail that every
-// refusal of the server interceptor carries, with one of the reasons below
+// refusal of the server interceptor carries, with one of the Reason constants
 // (AIP-193).
 const Domain = "idem.idemkit.dev"
 

@@ -32,7 +32,7 @@ import (
 // ErrFull is returned (wrapped) by Acquire when the store holds its maximum
 // number of entries and all of them are in-flight leases, so none can be
 // evicted.
-var ErrFull = errors.New("memstore: full")
+var ErrFull = errors.New("idem: memstore: full")
 
 // An Option configures a Store.
 type Option func(*Store)

@@ -48,8 +48,8 @@
 // # Deployment
 //
 // Every key idem writes carries a TTL. Run Redis with maxmemory-policy
-// noeviction (the default) or a non-volatile policy: under volatile-* or
-// allkeys-* eviction, Redis may drop a lease or a record under memory
+// noeviction (the default), and no other policy: under any volatile-* or
+// allkeys-* policy, Redis may drop a lease or a record under memory
 // pressure, and the next call with that key runs fn again. Likewise a
 // failover to a replica that had not yet received a write (replication is
 // asynchronous) can lose a lease or a record.
