@@ -150,14 +150,15 @@ func (i *interceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 			i.report(ctx, procedure, fmt.Errorf("connectadapter: request is %T, not a proto.Message", req.Any()))
 			return nil, errInternal()
 		}
-		key := keys[0]
+		key := &Key{Raw: keys[0], Stored: keys[0]}
 		if i.cfg.scope != nil {
 			// Once composed, the key could be valid for idem when the
 			// client's is not: it may be hashed.
-			if err := idem.ValidateKey(key); err != nil {
+			if err := idem.ValidateKey(key.Raw); err != nil {
 				return nil, refusal(connect.CodeInvalidArgument, ReasonKeyInvalid, err.Error(), noRetry)
 			}
-			key = idem.ScopedKey(i.cfg.scope(ctx, req), key)
+			key.Scope = i.cfg.scope(ctx, req)
+			key.Stored = idem.ScopedKey(key.Scope, key.Raw)
 		}
 		if i.scopeCheck && req.Header().Get("Authorization") != "" {
 			i.warnScope.Do(func() {
@@ -171,15 +172,15 @@ func (i *interceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 }
 
 // do runs the handler under key, or replays its stored outcome.
-func (i *interceptor) do(ctx context.Context, req connect.AnyRequest, key string, msg proto.Message, next connect.UnaryFunc) (connect.AnyResponse, error) {
+func (i *interceptor) do(ctx context.Context, req connect.AnyRequest, key *Key, msg proto.Message, next connect.UnaryFunc) (connect.AnyResponse, error) {
 	procedure := req.Spec().Procedure
 	var (
 		out    connect.AnyResponse // the handler's response, when it ran in this call
 		herr   error               // its error
 		dpanic any                 // what the disposition function panicked with
 	)
-	resp, info, err := i.op.DoInfo(ctx, key, call{procedure, msg}, func(ctx context.Context, c call) (*response, error) {
-		out, herr = next(ctx, req)
+	resp, info, err := i.op.DoInfo(ctx, key.Stored, call{procedure, msg}, func(ctx context.Context, c call) (*response, error) {
+		out, herr = next(withKey(ctx, key), req)
 		return i.storable(ctx, c.procedure, out, herr, &dpanic)
 	})
 	if dpanic != nil {

@@ -135,14 +135,15 @@ func (s *server) intercept(ctx context.Context, req any, info *grpc.UnaryServerI
 		s.report(ctx, method, fmt.Errorf("grpcadapter: request is %T, not a proto.Message", req))
 		return nil, errInternal()
 	}
-	key := keys[0]
+	key := &Key{Raw: keys[0], Stored: keys[0]}
 	if s.cfg.scope != nil {
 		// Once composed, the key could be valid for idem when the client's
 		// is not: it may be hashed.
-		if err := idem.ValidateKey(key); err != nil {
+		if err := idem.ValidateKey(key.Raw); err != nil {
 			return nil, refusal(codes.InvalidArgument, ReasonKeyInvalid, err.Error(), noRetry)
 		}
-		key = idem.ScopedKey(s.cfg.scope(ctx), key)
+		key.Scope = s.cfg.scope(ctx)
+		key.Stored = idem.ScopedKey(key.Scope, key.Raw)
 	}
 	if s.scopeCheck && len(metadata.ValueFromIncomingContext(ctx, "authorization")) > 0 {
 		s.warnScope.Do(func() {
@@ -155,16 +156,16 @@ func (s *server) intercept(ctx context.Context, req any, info *grpc.UnaryServerI
 }
 
 // do runs the handler under key, or replays its stored outcome.
-func (s *server) do(ctx context.Context, method, key string, req proto.Message, handler grpc.UnaryHandler) (any, error) {
+func (s *server) do(ctx context.Context, method string, key *Key, req proto.Message, handler grpc.UnaryHandler) (any, error) {
 	var (
 		out    any      // the handler's response, when it ran in this call
 		herr   error    // its error
 		capt   *capture // the metadata it set
 		dpanic any      // what the disposition function panicked with
 	)
-	resp, info, err := s.op.DoInfo(ctx, key, call{method, req}, func(ctx context.Context, c call) (*response, error) {
+	resp, info, err := s.op.DoInfo(ctx, key.Stored, call{method, req}, func(ctx context.Context, c call) (*response, error) {
 		ctx, capt = withCapture(ctx)
-		out, herr = handler(ctx, c.req)
+		out, herr = handler(withKey(ctx, key), c.req)
 		if herr != nil && ctx.Err() != nil {
 			// The handler's error came after its context ended (the
 			// client went away, the lease was lost): the interruption,

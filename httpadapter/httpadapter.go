@@ -217,7 +217,7 @@ func (m *middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 	}
 	x := &exchange{marks: marks{key: raw[0]}}
 	x.req = request{r: r, scr: getScratch()}
-	if !m.read(w, x) {
+	if !m.read(w, x) || !m.digestBody(w, x) { // digestBody: see bodyfp.go
 		return
 	}
 	var scope string
@@ -232,7 +232,8 @@ func (m *middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 		})
 	}
 
-	m.do(w, r, next, idem.ScopedKey(scope, key), x)
+	x.key = Key{Raw: key, Scope: scope, Stored: idem.ScopedKey(scope, key)}
+	m.do(w, r, next, x.key.Stored, x)
 }
 
 // read reads the request body, and the digest of a form that outer handlers
@@ -280,6 +281,7 @@ func (m *middleware) read(w http.ResponseWriter, x *exchange) bool {
 type exchange struct {
 	req   request
 	marks marks
+	key   Key // for KeyFromContext
 }
 
 // handlerRun is the state of the handler's run, apart from exchange so
@@ -314,7 +316,7 @@ func (m *middleware) do(w http.ResponseWriter, r *http.Request, next http.Handle
 			rec := &hr.rec
 			rec.reset(w, req.scr.out)
 			hr.body.r.Reset(req.body)
-			r2 := req.r.WithContext(ctx)
+			r2 := req.r.WithContext(withKey(ctx, &x.key))
 			r2.Body = &hr.body
 			next.ServeHTTP(rec, r2)
 			hr.body.r.Reset(nil) // the handler returned: no more reading

@@ -31,6 +31,7 @@ type config struct {
 	scope     func(*http.Request) string
 	scopeSet  bool // WithScope was given, even with a nil f
 	fpHeaders []string
+	bodyFP    func(contentType string, body []byte) ([]byte, error) // nil: the body's bytes
 	excluded  map[string]bool
 	maxBody   int64
 	dispose   func(status int) idem.Disposition
@@ -203,6 +204,24 @@ func WithFingerprintHeaders(names ...string) Option {
 		}
 		c.fpHeaders = canonicalList(names)
 	}
+}
+
+// WithBodyFingerprint sets the function whose result stands for the
+// request body in the fingerprint, instead of the body's bytes, so that
+// bodies the API deems equal are one request: CanonicalJSON, say, or
+// JSONFields. f gets the request's Content-Type (its first value) and body;
+// the SHA-256 of its result takes the place of the body's. f must not
+// modify or retain body. The handler still reads, and replays still come
+// from, the body as sent; only the fingerprint changes.
+//
+// An error from f makes the request a 400 problem (ProblemBodyInvalid),
+// whose detail carries the error's text, and the handler does not run: f's
+// errors should be fit for the client to read. f is not called for an empty
+// body, nor when outer handlers parsed a form, which then stands in for the
+// body (see Middleware). It may be called concurrently; if it panics, the
+// panic reaches net/http. The default (nil) fingerprints the body's bytes.
+func WithBodyFingerprint(f func(contentType string, body []byte) ([]byte, error)) Option {
+	return func(c *config) { c.bodyFP = f }
 }
 
 // WithExcludedHeaders sets the response headers that are never stored, so

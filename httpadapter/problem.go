@@ -29,6 +29,10 @@ const (
 	// ProblemBodyUnreadable (400): the request body could not be read,
 	// usually because the client went away while sending it.
 	ProblemBodyUnreadable = "https://idemkit.dev/problems/request-body-unreadable"
+	// ProblemBodyInvalid (400): the function set by WithBodyFingerprint could
+	// not fingerprint the request body (with CanonicalJSON, the body is not
+	// JSON); the problem's detail carries its error.
+	ProblemBodyInvalid = "https://idemkit.dev/problems/request-body-invalid"
 	// ProblemStoreUnavailable (503): the idempotency store failed, or the
 	// request ended while waiting for it or for an in-flight request, before
 	// the handler ran; retry after the Retry-After delay.
@@ -58,6 +62,8 @@ func problemTitle(typ string) (title string, status int) {
 		return "Request body is too large", http.StatusRequestEntityTooLarge
 	case ProblemBodyUnreadable:
 		return "Request body could not be read", http.StatusBadRequest
+	case ProblemBodyInvalid:
+		return "Request body is invalid", http.StatusBadRequest
 	case ProblemStoreUnavailable:
 		return "Idempotency store is unavailable", http.StatusServiceUnavailable
 	default:

@@ -22,7 +22,11 @@ type request struct {
 	path string // r.URL.EscapedPath() before the handler ran
 	body []byte // borrowed from scr
 	form []byte // formDigest of r, nil when no form was parsed before
-	scr  *scratch
+	// bodySum is the SHA-256 of what the WithBodyFingerprint function made
+	// of body, when bodySet; otherwise the body's own digest is used.
+	bodySum [sha256.Size]byte
+	bodySet bool
+	scr     *scratch
 }
 
 // release returns the scratch buffers of req to their pool. Nothing may
@@ -39,9 +43,9 @@ const fingerprintVersion = "idem-http-1"
 
 // fingerprinter returns the function that encodes a request for its
 // fingerprint: the method, the escaped path, the raw query, the values of
-// the headers named (in order, with their count), and the SHA-256 of the
-// body, each length-prefixed, then the digest of a form that outer handlers
-// parsed, if any. idem hashes the result. Hashing the body apart keeps a
+// the headers named (in order, with their count), each length-prefixed, and
+// the SHA-256 of the body (or of what the WithBodyFingerprint function made
+// of it), then the digest of a form that outer handlers parsed, if any. idem hashes the result. Hashing the body apart keeps a
 // large body from being copied.
 //
 // The encoding is written in the request's scratch buffer, which idem
@@ -61,8 +65,12 @@ func fingerprinter(headers []string) func(*request) ([]byte, error) {
 				b = appendString(b, v)
 			}
 		}
-		sum := sha256.Sum256(req.body)
-		b = append(b, sum[:]...)
+		if req.bodySet {
+			b = append(b, req.bodySum[:]...)
+		} else {
+			sum := sha256.Sum256(req.body)
+			b = append(b, sum[:]...)
+		}
 		// What follows the headers is the body's digest alone or followed
 		// by the form's: their lengths tell them apart.
 		b = append(b, req.form...)

@@ -158,9 +158,11 @@ func (p *Processor) Process(ctx context.Context, rec *kgo.Record) Result {
 	// fingerprint what was received. bytes.Clone keeps nil apart from
 	// empty, as the fingerprint does.
 	msg := message{Topic: rec.Topic, Key: bytes.Clone(rec.Key), Value: bytes.Clone(rec.Value)}
-	fn := func(ctx context.Context, _ message) (struct{}, error) { return struct{}{}, p.fn(ctx, rec) }
+	fn := func(ctx context.Context, _ message) (struct{}, error) {
+		return struct{}{}, p.fn(withKey(ctx, &key), rec)
+	}
 	for attempt := 1; ; attempt++ {
-		_, info, err := p.op.DoInfo(ctx, key, msg, fn)
+		_, info, err := p.op.DoInfo(ctx, key.Stored, msg, fn)
 		res := Result{Action: queue.Decide(info, err), Info: info, Err: err, Attempts: attempt}
 		switch res.Action {
 		case queue.Terminate:
@@ -187,25 +189,25 @@ func (p *Processor) terminate(ctx context.Context, rec *kgo.Record, res Result) 
 
 // key returns the key given to Do for rec: WithKey's, else the header's,
 // else rec's position, scoped by the group.
-func (p *Processor) key(rec *kgo.Record) (string, error) {
+func (p *Processor) key(rec *kgo.Record) (Key, error) {
 	var k string
 	switch {
 	case p.cfg.key != nil:
 		var err error
 		if k, err = p.cfg.key(rec); err != nil {
-			return "", fmt.Errorf("%w: kafkaadapter: WithKey: %w", idem.ErrInvalidKey, err)
+			return Key{}, fmt.Errorf("%w: kafkaadapter: WithKey: %w", idem.ErrInvalidKey, err)
 		}
 		if err := idem.ValidateKey(k); err != nil {
-			return "", fmt.Errorf("kafkaadapter: WithKey: %w", err)
+			return Key{}, fmt.Errorf("kafkaadapter: WithKey: %w", err)
 		}
 	default:
 		v, found, err := header(rec, p.cfg.header)
 		switch {
 		case err != nil:
-			return "", err
+			return Key{}, err
 		case found:
 			if err := idem.ValidateKey(v); err != nil {
-				return "", fmt.Errorf("kafkaadapter: header %q: %w", p.cfg.header, err)
+				return Key{}, fmt.Errorf("kafkaadapter: header %q: %w", p.cfg.header, err)
 			}
 			k = v
 		default:
@@ -213,10 +215,11 @@ func (p *Processor) key(rec *kgo.Record) (string, error) {
 			// reach 249 bytes): ScopedKey then hashes it. It has a
 			// scope of its own, so that no producer's header value
 			// can name a position.
-			return idem.ScopedKey(p.group+"/position", positionKey(rec)), nil
+			pos, scope := positionKey(rec), p.group+"/position"
+			return Key{Raw: pos, Scope: scope, Stored: idem.ScopedKey(scope, pos)}, nil
 		}
 	}
-	return idem.ScopedKey(p.group, k), nil
+	return Key{Raw: k, Scope: p.group, Stored: idem.ScopedKey(p.group, k)}, nil
 }
 
 // header returns the value of rec's header name, compared without regard

@@ -181,7 +181,7 @@ type handler struct {
 func (h *handler) handle(msg jetstream.Msg) {
 	c := &call{msg: msg}
 	ctx := context.WithValue(h.cfg.ctx, callKey{}, c)
-	var key string
+	var key Key
 	err := h.op.Err() // invalid options come first: retried, never terminated
 	if err == nil {
 		key, err = h.key(msg)
@@ -191,8 +191,8 @@ func (h *handler) handle(msg jetstream.Msg) {
 	case err != nil && h.op.Err() != nil:
 		info.Outcome = idem.OutcomeInvalid
 	case err == nil:
-		_, info, err = h.op.DoInfo(ctx, key, message{Subject: msg.Subject(), Data: msg.Data()}, func(ctx context.Context, _ message) (struct{}, error) {
-			return struct{}{}, h.fn(ctx, msg)
+		_, info, err = h.op.DoInfo(ctx, key.Stored, message{Subject: msg.Subject(), Data: msg.Data()}, func(ctx context.Context, _ message) (struct{}, error) {
+			return struct{}{}, h.fn(withKey(ctx, &key), msg)
 		})
 	default:
 		info.Outcome = idem.OutcomeInvalidKey
@@ -232,19 +232,19 @@ func (h *handler) report(msg jetstream.Msg, what string, err error) {
 }
 
 // key returns msg's idempotency key, scoped by its stream and consumer.
-func (h *handler) key(msg jetstream.Msg) (string, error) {
+func (h *handler) key(msg jetstream.Msg) (Key, error) {
 	md, mderr := msg.Metadata()
 	var k string
 	switch {
 	case h.cfg.key != nil:
 		var err error
 		if k, err = h.cfg.key(msg); err != nil {
-			return "", fmt.Errorf("%w: natsadapter: %w", idem.ErrInvalidKey, err)
+			return Key{}, fmt.Errorf("%w: natsadapter: %w", idem.ErrInvalidKey, err)
 		}
 	case msg.Headers().Get(h.cfg.keyHeader) != "":
 		k = msg.Headers().Get(h.cfg.keyHeader)
 	case mderr != nil:
-		return "", fmt.Errorf("%w: natsadapter: message has no %s header and no JetStream metadata: %w", idem.ErrInvalidKey, h.cfg.keyHeader, mderr)
+		return Key{}, fmt.Errorf("%w: natsadapter: message has no %s header and no JetStream metadata: %w", idem.ErrInvalidKey, h.cfg.keyHeader, mderr)
 	default:
 		// With the time it was stored: a stream deleted and created
 		// again restarts its sequences, and its new messages must not
@@ -252,12 +252,13 @@ func (h *handler) key(msg jetstream.Msg) (string, error) {
 		k = strconv.FormatUint(md.Sequence.Stream, 10) + "@" + strconv.FormatInt(md.Timestamp.UnixNano(), 10)
 	}
 	if err := idem.ValidateKey(k); err != nil {
-		return "", err
+		return Key{}, err
 	}
 	if mderr != nil {
-		return k, nil // not from JetStream (a test's message): unscoped
+		return Key{Raw: k, Stored: k}, nil // not from JetStream (a test's message): unscoped
 	}
-	return idem.ScopedKey(md.Stream+"/"+md.Consumer, k), nil
+	scope := md.Stream + "/" + md.Consumer
+	return Key{Raw: k, Scope: scope, Stored: idem.ScopedKey(scope, k)}, nil
 }
 
 // deliveries returns how often msg was delivered, 1 when unknown.

@@ -1,0 +1,35 @@
+package connectadapter
+
+import "context"
+
+// Key is the idempotency key of the call a handler is running for.
+type Key struct {
+	// Raw is the key as the client sent it in the idempotency key header.
+	Raw string
+	// Scope is the scope WithScope gave, "" without one.
+	Scope string
+	// Stored is the key idem stores the call under: idem.ScopedKey(Scope, Raw) with WithScope, else Raw
+	// (before any idem.WithNamespace prefix). It is stable across retries
+	// of the call and safe to pass on downstream, for example as the
+	// idempotency key of a request to a payment provider.
+	Stored string
+}
+
+// keyCtx is the context key under which the handler's context holds its *Key.
+type keyCtx struct{}
+
+// withKey returns ctx holding k for KeyFromContext.
+func withKey(ctx context.Context, k *Key) context.Context {
+	return context.WithValue(ctx, keyCtx{}, k)
+}
+
+// KeyFromContext returns the idempotency key of the call whose handler ctx
+// belongs to, and whether there is one: calls that pass through without a
+// key, or that are not protected, have none.
+func KeyFromContext(ctx context.Context) (Key, bool) {
+	k, ok := ctx.Value(keyCtx{}).(*Key)
+	if !ok || k == nil {
+		return Key{}, false
+	}
+	return *k, true
+}
