@@ -10,8 +10,10 @@ type Key struct {
 	Scope string
 	// Stored is the key idem stores the call under: idem.ScopedKey(Scope, Raw), or Raw when Scope is ""
 	// (before any idem.WithNamespace prefix). It is stable across retries
-	// of the call and safe to pass on downstream, for example as the
-	// idempotency key of a request to a payment provider.
+	// of the call, so a key derived from it can go downstream, as the
+	// idempotency key of a request to a payment provider. It is unique
+	// only within this Operation's namespace: when several services share
+	// a provider account, prefix it with the service's name.
 	Stored string
 }
 
