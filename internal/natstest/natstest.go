@@ -126,10 +126,10 @@ type Server struct {
 	// shared server).
 	Dir string
 
-	bin    string        // the nats-server binary
-	name   string        // the server name, to tell it from another on the port
-	cmd    *exec.Cmd     // nil when stopped
-	exited chan struct{} // closed when cmd has been waited for
+	bin    string          // the nats-server binary
+	name   string          // the server name, to tell it from another on the port
+	cmd    *exec.Cmd       // nil when stopped
+	exited <-chan struct{} // closed when cmd has been waited for
 }
 
 // LogTail returns the last lines of the server log, for failure messages.
@@ -396,26 +396,10 @@ func (s *Server) start() error {
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{}
 	setDeathSignal(cmd.SysProcAttr)
-	// Its own process group, so that a Ctrl-C at the terminal (SIGINT to the
-	// foreground group) reaches only the test binary: the server stops when
-	// the binary dies (the death signal), or when Main stops it.
-	cmd.SysProcAttr.Setpgid = true
-	started := make(chan error, 1)
-	exited := make(chan struct{})
-	go func() {
-		// The death signal is sent when the thread that started the child
-		// ends, so this goroutine keeps its thread until the child exits.
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if err := cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		started <- nil
-		_ = cmd.Wait()
-		close(exited)
-	}()
-	if err := <-started; err != nil {
+	// The server stops when the binary dies (the death signal), or when
+	// Main stops it.
+	exited, err := testserver.Start(cmd)
+	if err != nil {
 		return fmt.Errorf("starting nats-server: %w", err)
 	}
 	s.cmd, s.exited = cmd, exited

@@ -112,8 +112,8 @@ type Server struct {
 	Dir string
 
 	cmd     *exec.Cmd
-	exited  chan struct{} // closed when cmd has been waited for
-	version int           // server_version_num, such as 150014
+	exited  <-chan struct{} // closed when cmd has been waited for
+	version int             // server_version_num, such as 150014
 }
 
 // ConnString returns a URL connection string for database db on s, usable by

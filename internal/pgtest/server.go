@@ -250,27 +250,11 @@ func (s *Server) start() error {
 	// the server must not hold them.
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = sysProcAttr()
-	// Its own process group, so that a Ctrl-C at the terminal (SIGINT to the
-	// foreground group) reaches only the test binary: the server stops when
-	// the binary dies (the death signal), or when Main stops it, not while a
-	// binary that handles SIGINT still runs tests.
-	cmd.SysProcAttr.Setpgid = true
-	started := make(chan error, 1)
-	exited := make(chan struct{})
-	go func() {
-		// The death signal is sent when the thread that started the child
-		// ends, so this goroutine keeps its thread until the child exits.
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if err := cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		started <- nil
-		_ = cmd.Wait()
-		close(exited)
-	}()
-	if err := <-started; err != nil {
+	// The server stops when the binary dies (the death signal), or when
+	// Main stops it, not while a binary that handles SIGINT still runs
+	// tests.
+	exited, err := testserver.Start(cmd)
+	if err != nil {
 		return fmt.Errorf("starting postgres: %w", err)
 	}
 	s.cmd, s.exited = cmd, exited

@@ -1,6 +1,7 @@
 // Package testserver holds what the test harnesses that start servers
-// (internal/pgtest, internal/natstest) share: a free loopback port, and the
-// tail of a server's log for failure messages.
+// (internal/pgtest, internal/natstest) share: a free loopback port, the
+// start of a server process that dies with the test binary, and the tail of
+// a server's log for failure messages.
 package testserver
 
 import (
@@ -8,7 +9,10 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"runtime"
+	"syscall"
 )
 
 // FreePort returns a loopback TCP port that is free now. Another process
@@ -36,4 +40,34 @@ func Tail(path string) string {
 		lines = lines[len(lines)-20:]
 	}
 	return fmt.Sprintf("last lines of %s:\n%s", filepath.Base(path), bytes.Join(lines, []byte("\n")))
+}
+
+// Start starts cmd in a process group of its own, so that a Ctrl-C at the
+// terminal (SIGINT to the foreground group) reaches only the test binary,
+// and returns a channel closed once cmd has exited and been waited for.
+// It starts cmd from a goroutine that keeps its OS thread until cmd exits:
+// a parent-death signal (SysProcAttr.Pdeathsig, set by the caller) is sent
+// when the thread that started the child ends, not the process.
+func Start(cmd *exec.Cmd) (exited <-chan struct{}, err error) {
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Setpgid = true
+	started := make(chan error, 1)
+	done := make(chan struct{})
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		_ = cmd.Wait()
+		close(done)
+	}()
+	if err := <-started; err != nil {
+		return nil, err
+	}
+	return done, nil
 }
