@@ -27,8 +27,8 @@ type localCache struct {
 
 type cacheEntry struct {
 	key        string
-	record     []byte    // shared with the store's copy; never modified
-	expires    time.Time // with a monotonic reading
+	record     []byte        // shared with the store's copy; never modified
+	expires    time.Duration // on mono's scale
 	visited    atomic.Bool
 	prev, next *cacheEntry // prev is towards the head
 }
@@ -38,13 +38,13 @@ func newLocalCache(max int) *localCache {
 }
 
 // get returns the record cached under key, if it has not expired by now.
-func (c *localCache) get(key string, now time.Time) ([]byte, bool) {
+func (c *localCache) get(key string, now time.Duration) ([]byte, bool) {
 	c.mu.RLock()
 	e := c.entries[key]
 	var rec []byte
 	live := false
 	if e != nil {
-		rec, live = e.record, now.Before(e.expires)
+		rec, live = e.record, now < e.expires
 	}
 	c.mu.RUnlock()
 	if e == nil {
@@ -60,9 +60,10 @@ func (c *localCache) get(key string, now time.Time) ([]byte, bool) {
 	return rec, true
 }
 
-// put caches record under key until expires, replacing what was cached.
-func (c *localCache) put(key string, record []byte, expires time.Time) {
-	if !time.Now().Before(expires) {
+// put caches record under key until expires (on mono's scale), replacing
+// what was cached.
+func (c *localCache) put(key string, record []byte, expires time.Duration) {
+	if mono() >= expires {
 		return
 	}
 	c.mu.Lock()
@@ -105,12 +106,12 @@ func (c *localCache) drop(key string, e *cacheEntry) {
 // evict removes one entry: from the hand towards the head, the first one
 // expired or not visited since the hand last passed it. c.mu is held.
 func (c *localCache) evict() {
-	now := time.Now()
+	now := mono()
 	e := c.hand
 	if e == nil {
 		e = c.tail
 	}
-	for e.visited.Load() && now.Before(e.expires) {
+	for e.visited.Load() && now < e.expires {
 		e.visited.Store(false)
 		if e = e.prev; e == nil {
 			e = c.tail

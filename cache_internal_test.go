@@ -28,7 +28,7 @@ func (c *localCache) check(t *testing.T) {
 
 func TestLocalCacheBound(t *testing.T) {
 	c := newLocalCache(10)
-	exp := time.Now().Add(time.Hour)
+	exp := monoAdd(mono(), time.Hour)
 	for i := range 100 {
 		c.put(fmt.Sprint(i), []byte{byte(i)}, exp)
 		c.check(t)
@@ -38,7 +38,7 @@ func TestLocalCacheBound(t *testing.T) {
 	}
 	// The newest keys are there.
 	for i := 90; i < 100; i++ {
-		if rec, ok := c.get(fmt.Sprint(i), time.Now()); !ok || rec[0] != byte(i) {
+		if rec, ok := c.get(fmt.Sprint(i), mono()); !ok || rec[0] != byte(i) {
 			t.Errorf("key %d: %v %v", i, rec, ok)
 		}
 	}
@@ -48,17 +48,17 @@ func TestLocalCacheBound(t *testing.T) {
 // last passed survives; the oldest unread one goes.
 func TestLocalCacheSieve(t *testing.T) {
 	c := newLocalCache(4)
-	exp := time.Now().Add(time.Hour)
+	exp := monoAdd(mono(), time.Hour)
 	for _, k := range []string{"a", "b", "c", "d"} {
 		c.put(k, []byte(k), exp)
 	}
-	c.get("a", time.Now())
-	c.get("c", time.Now())
+	c.get("a", mono())
+	c.get("c", mono())
 	c.put("e", []byte("e"), exp) // evicts b: a was read
 	c.put("f", []byte("f"), exp) // evicts d: c was read, a's bit was cleared but the hand moved past it
 	c.check(t)
 	for k, want := range map[string]bool{"a": true, "b": false, "c": true, "d": false, "e": true, "f": true} {
-		if _, ok := c.get(k, time.Now()); ok != want {
+		if _, ok := c.get(k, mono()); ok != want {
 			t.Errorf("%s cached = %v, want %v", k, ok, want)
 		}
 	}
@@ -66,33 +66,33 @@ func TestLocalCacheSieve(t *testing.T) {
 
 func TestLocalCacheExpiry(t *testing.T) {
 	c := newLocalCache(4)
-	now := time.Now()
-	c.put("past", []byte("x"), now.Add(-time.Millisecond))
+	now := mono()
+	c.put("past", []byte("x"), monoAdd(now, -time.Millisecond))
 	if c.len() != 0 {
 		t.Fatal("an expired record was cached")
 	}
-	c.put("k", []byte("x"), now.Add(time.Hour))
-	if _, ok := c.get("k", now.Add(time.Hour)); ok {
+	c.put("k", []byte("x"), monoAdd(now, time.Hour))
+	if _, ok := c.get("k", monoAdd(now, time.Hour)); ok {
 		t.Fatal("a record was returned at its expiry")
 	}
 	if c.len() != 0 {
 		t.Fatal("an expired record was kept after a get found it expired")
 	}
 	// An expired entry is evicted before a live one, read or not.
-	c.put("old", []byte("x"), now.Add(50*time.Millisecond))
+	c.put("old", []byte("x"), monoAdd(now, 50*time.Millisecond))
 	for _, k := range []string{"b", "c", "d"} {
-		c.put(k, []byte(k), now.Add(time.Hour))
+		c.put(k, []byte(k), monoAdd(now, time.Hour))
 	}
 	c.get("old", now)
 	time.Sleep(60 * time.Millisecond)
-	c.put("e", []byte("e"), now.Add(time.Hour))
+	c.put("e", []byte("e"), monoAdd(now, time.Hour))
 	for _, k := range []string{"b", "c", "d", "e"} {
-		if _, ok := c.get(k, time.Now()); !ok {
+		if _, ok := c.get(k, mono()); !ok {
 			t.Errorf("%s was evicted instead of the expired entry", k)
 		}
 	}
 	c.forget("b")
-	if _, ok := c.get("b", time.Now()); ok {
+	if _, ok := c.get("b", mono()); ok {
 		t.Error("forget did not drop b")
 	}
 	c.check(t)
@@ -112,9 +112,9 @@ func TestLocalCacheConcurrent(t *testing.T) {
 				case 0:
 					c.forget(k)
 				case 1, 2, 3:
-					c.put(k, []byte(k), time.Now().Add(time.Duration(r.IntN(5))*time.Millisecond))
+					c.put(k, []byte(k), monoAdd(mono(), time.Duration(r.IntN(5))*time.Millisecond))
 				default:
-					if rec, ok := c.get(k, time.Now()); ok && string(rec) != k {
+					if rec, ok := c.get(k, mono()); ok && string(rec) != k {
 						t.Errorf("key %s holds %q", k, rec)
 					}
 				}

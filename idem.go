@@ -91,6 +91,18 @@ type Store interface {
 	Wait(ctx context.Context, key string) error
 }
 
+// TTLStore is a Store whose Acquire leaves Acquisition.TTL zero because
+// reporting it costs extra work, and whose AcquireTTL is Acquire with TTL
+// filled in as Acquisition documents. An Operation with a local cache
+// (WithLocalCache) calls AcquireTTL; one without calls Acquire, so that its
+// replays do not pay for a lifetime nothing would read. redisstore is one:
+// its Acquire finds a record with one command, AcquireTTL with a
+// MULTI/EXEC that adds PTTL.
+type TTLStore interface {
+	Store
+	AcquireTTL(ctx context.Context, key, fingerprint string, ttl time.Duration) (Acquisition, error)
+}
+
 // Acquisition is the result of Store.Acquire. Exactly one of Record and Lease
 // is set, or neither, in which case the key is held by another caller whose
 // request has fingerprint Holder.
@@ -104,9 +116,9 @@ type Acquisition struct {
 	Holder string
 	// TTL is how long Record had left to live when the store answered, by
 	// the store's own clock, or 0 when the store does not say. A store
-	// should fill it, rounded down, when it returns a Record: only then may
-	// WithLocalCache keep the record, as it must expire no later than the
-	// stored one.
+	// should fill it, rounded down, when it returns a Record (a TTLStore
+	// only from AcquireTTL): only then may WithLocalCache keep the record,
+	// as it must expire no later than the stored one.
 	TTL time.Duration
 }
 

@@ -31,14 +31,14 @@ type keeper struct {
 	mu       sync.Mutex
 	stopped  bool
 	running  sync.WaitGroup
-	acquired time.Time   // when the Acquire that granted the lease was sent
-	refresh  *time.Timer // fires keep
-	expiry   *time.Timer // fires expire; nil until the first refresh
+	acquired time.Duration // when the Acquire that granted the lease was sent, on mono's scale
+	refresh  *time.Timer   // fires keep
+	expiry   *time.Timer   // fires expire; nil until the first refresh
 }
 
 // keepAlive starts keeping lease alive. acquired is when the Acquire that
 // granted the lease was sent: the store set the lease's expiry no earlier.
-func keepAlive(ctx context.Context, t *trace, lease Lease, acquired time.Time, ttl time.Duration, cancel context.CancelCauseFunc) *keeper {
+func keepAlive(ctx context.Context, t *trace, lease Lease, acquired time.Duration, ttl time.Duration, cancel context.CancelCauseFunc) *keeper {
 	k := &keeper{ctx: ctx, t: t, lease: lease, ttl: ttl, cancel: cancel, acquired: acquired}
 	k.mu.Lock()
 	k.refresh = time.AfterFunc(ttl/3, k.keep)
@@ -69,7 +69,7 @@ func (k *keeper) keep() {
 		return
 	}
 	if k.expiry == nil {
-		k.expiry = time.AfterFunc(time.Until(k.acquired.Add(k.ttl)), k.expire)
+		k.expiry = time.AfterFunc(monoAdd(k.acquired, k.ttl)-mono(), k.expire)
 	}
 	k.running.Add(1)
 	k.mu.Unlock()
@@ -77,7 +77,7 @@ func (k *keeper) keep() {
 
 	// The caller's ctx ending does not stop refreshing: fn may still be
 	// winding down, and Commit or Release ends the lease.
-	sent := time.Now()
+	sent := mono()
 	rctx := newCleanupContext(k.ctx, k.ttl/3)
 	err := k.lease.Refresh(rctx, k.ttl)
 	rctx.end()
@@ -98,7 +98,7 @@ func (k *keeper) keep() {
 		if err == nil {
 			// The store extended the lease to ttl after it received the
 			// refresh, which was after sent.
-			k.expiry.Reset(time.Until(sent.Add(k.ttl)))
+			k.expiry.Reset(monoAdd(sent, k.ttl) - mono())
 		}
 		k.refresh.Reset(next)
 	}

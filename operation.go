@@ -23,6 +23,7 @@ type Operation[Req, Resp any] struct {
 	reqs        sync.Pool                 // of *Req, zeroed, for the default fingerprint
 	types       string                    // the request and result types, kept in records
 	cache       *localCache               // nil without WithLocalCache
+	ttlStore    TTLStore                  // store, when a TTLStore and cache is not nil
 	obs         *Observer                 // nil without WithObserver
 	boxes       sync.Pool                 // of *Resp, zeroed, to decode into without allocating
 	err         error
@@ -88,6 +89,7 @@ func New[Req, Resp any](store Store, opts ...Option) *Operation[Req, Resp] {
 	o.err = cfg.err()
 	if cfg.cacheSize > 0 {
 		o.cache = newLocalCache(cfg.cacheSize)
+		o.ttlStore, _ = store.(TTLStore)
 	}
 	o.obs = combine(cfg.observers)
 	return o
@@ -206,7 +208,7 @@ func (o *Operation[Req, Resp]) do(ctx context.Context, t *trace, info *Info, req
 	skey, fp := s[:len(s)-len(fpb)], s[len(s)-len(fpb):]
 	info.Fingerprint = fp
 	if o.cache != nil {
-		if rec, ok := o.cache.get(skey, time.Now()); ok {
+		if rec, ok := o.cache.get(skey, mono()); ok {
 			resp, outcome, err := o.replay(rec, fp)
 			info.Outcome = outcome
 			return resp, err
@@ -215,8 +217,8 @@ func (o *Operation[Req, Resp]) do(ctx context.Context, t *trace, info *Info, req
 
 	var waitCtx context.Context
 	for lost := 0; ; {
-		sent := time.Now()
-		acq, err := o.store.Acquire(ctx, skey, fp, o.cfg.lockTTL)
+		sent := mono()
+		acq, err := o.acquire(ctx, skey, fp)
 		if err != nil {
 			switch {
 			case ctx.Err() != nil: // the caller gave up: not the store's failure
@@ -235,7 +237,7 @@ func (o *Operation[Req, Resp]) do(ctx context.Context, t *trace, info *Info, req
 		case acq.Record != nil:
 			resp, outcome, err := o.replay(acq.Record, fp)
 			if o.cache != nil && acq.TTL > 0 && outcome != OutcomeCorruptRecord {
-				o.cache.put(skey, acq.Record, sent.Add(acq.TTL))
+				o.cache.put(skey, acq.Record, monoAdd(sent, acq.TTL))
 			}
 			info.Outcome = outcome
 			return resp, err
@@ -287,6 +289,15 @@ func (o *Operation[Req, Resp]) do(ctx context.Context, t *trace, info *Info, req
 			return zero, fmt.Errorf("%w: waiting: %w", ErrStore, err)
 		}
 	}
+}
+
+// acquire calls the store's Acquire, or AcquireTTL when the local cache
+// needs a record's lifetime and the store reports it only there.
+func (o *Operation[Req, Resp]) acquire(ctx context.Context, skey, fp string) (Acquisition, error) {
+	if o.ttlStore != nil {
+		return o.ttlStore.AcquireTTL(ctx, skey, fp, o.cfg.lockTTL)
+	}
+	return o.store.Acquire(ctx, skey, fp, o.cfg.lockTTL)
 }
 
 // appendFingerprint appends the hex fingerprint of req to dst: the SHA-256
@@ -359,16 +370,16 @@ func (o *Operation[Req, Resp]) unbox(box *Resp) Resp {
 var errLeaseExpired = errors.New("idem: lease expired before fn started")
 
 // execute runs fn under lease on skey, granted by an Acquire sent at
-// acquired, and stores its outcome.
-func (o *Operation[Req, Resp]) execute(ctx context.Context, t *trace, info *Info, lease Lease, acquired time.Time, skey, fp string, req Req, fn func(context.Context, Req) (Resp, error)) (Resp, error) {
+// acquired (on mono's scale), and stores its outcome.
+func (o *Operation[Req, Resp]) execute(ctx context.Context, t *trace, info *Info, lease Lease, acquired time.Duration, skey, fp string, req Req, fn func(context.Context, Req) (Resp, error)) (Resp, error) {
 	var zero Resp
 	// A caller paused between Acquire and here (a GC pause, a descheduled
 	// or stopped process) may hold a lease that has expired, and whose key
 	// another caller took and completed meanwhile: running fn would run it
 	// twice. When a refresh would have been due already, refresh now, which
 	// the store grants only to a live lease, before fn starts.
-	if time.Since(acquired) >= o.cfg.lockTTL/3 {
-		sent := time.Now()
+	if mono()-acquired >= o.cfg.lockTTL/3 {
+		sent := mono()
 		rctx := newCleanupContext(ctx, o.cfg.lockTTL/3)
 		err := lease.Refresh(rctx, o.cfg.lockTTL)
 		rctx.end()
@@ -520,7 +531,7 @@ func (o *Operation[Req, Resp]) commit(ctx context.Context, t *trace, lease Lease
 		err := lease.Commit(cctx, b, o.cfg.ttl)
 		if err == nil {
 			if o.cache != nil {
-				o.cache.put(skey, b, first.Add(o.cfg.ttl))
+				o.cache.put(skey, b, monoAdd(first.Sub(epoch), o.cfg.ttl))
 			}
 			if t != nil {
 				t.recordSize = len(b)

@@ -97,15 +97,20 @@ func (MsgPack) AppendMarshal(dst []byte, v any) (_ []byte, err error) {
 // a type with a custom decoding a DecodeMsgpack or UnmarshalMsgpack method
 // instead, which the fast path always leaves to msgpack/v5.
 func (MsgPack) Unmarshal(data []byte, v any) (err error) {
-	if err := checkMsgpack(data); err != nil {
-		return err
-	}
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("%w: %v", errMsgpack, r)
 		}
 	}()
-	if fastUnmarshal(data, v) { // flat structs, as msgpack/v5 would decode them
+	// Flat structs, as msgpack/v5 would decode them: first with known keys
+	// only, which needs no check (see fastUnmarshal), then after the check.
+	if fastUnmarshal(data, v, false) {
+		return nil
+	}
+	if err := checkMsgpack(data); err != nil {
+		return err
+	}
+	if fastUnmarshal(data, v, true) {
 		return nil
 	}
 	return unmarshal(data, v)

@@ -84,9 +84,14 @@ type fastValue struct {
 }
 
 // fastUnmarshal decodes data into v on the fast path and reports whether
-// it did; when it did not, v is untouched. data must have passed
-// checkMsgpack.
-func fastUnmarshal(data []byte, v any) bool {
+// it did; when it did not, v is untouched. With skipUnknown, the values of
+// keys that name no field are skipped, and data must have passed
+// checkMsgpack: skipValue walks nested data with no bound on its depth and
+// reads past extension types. Without it, such a key makes fastUnmarshal
+// give up, and what it decodes is a map of known keys and scalar values,
+// every length checked against data, on which checkMsgpack can find no
+// fault: data need not have passed it.
+func fastUnmarshal(data []byte, v any, skipUnknown bool) bool {
 	t := reflect.TypeOf(v)
 	if t == nil || t.Kind() != reflect.Pointer {
 		return false
@@ -100,7 +105,7 @@ func fastUnmarshal(data []byte, v any) bool {
 		return false
 	}
 	var buf [16]fastValue
-	vals, ok := p.decode(data, buf[:0])
+	vals, ok := p.decode(data, buf[:0], skipUnknown)
 	if !ok {
 		return false
 	}
@@ -246,7 +251,7 @@ func (p *fastPlan) agrees(t reflect.Type) (ok bool) {
 		return false
 	}
 	got := reflect.New(t)
-	vals, ok := p.decode(b, nil)
+	vals, ok := p.decode(b, nil, false)
 	if !ok {
 		return false
 	}

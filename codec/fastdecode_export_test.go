@@ -11,6 +11,10 @@ func FastQualifies(v any) bool {
 	return t != nil && t.Kind() == reflect.Pointer && planFor(t) != nil
 }
 
-// FastUnmarshal runs the fast path alone on data that passed
-// CheckMsgpack, and reports whether it decoded.
-var FastUnmarshal = fastUnmarshal
+// FastUnmarshal runs the fast path alone, skipping unknown keys, on data
+// that passed CheckMsgpack, and reports whether it decoded.
+func FastUnmarshal(data []byte, v any) bool { return fastUnmarshal(data, v, true) }
+
+// FastUnmarshalKnown runs the fast path alone with known keys only, on any
+// data, and reports whether it decoded.
+func FastUnmarshalKnown(data []byte, v any) bool { return fastUnmarshal(data, v, false) }

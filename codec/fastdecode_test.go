@@ -408,3 +408,31 @@ func TestFastDecodeDisqualified(t *testing.T) {
 		}
 	}
 }
+
+// TestFastDecodeUncheckedKnownKeysOnly checks that the fast path tried
+// before checkMsgpack gives up on a key that names no field: skipping its
+// value needs the check, which refuses what msgpack/v5 must not decode (an
+// extension type other than the timestamp, data nested too deeply).
+func TestFastDecodeUncheckedKnownKeysOnly(t *testing.T) {
+	deep := append([]byte{0x82, 0xa2, 'I', 'D', 0xa1, 'x', 0xa3, 'Z', 'z', 'z'}, bytes.Repeat([]byte{0x91}, codec.MaxDepth+1)...)
+	deep = append(deep, 0xc0)
+	for name, data := range map[string][]byte{
+		"ext":  {0x82, 0xa2, 'I', 'D', 0xa1, 'x', 0xa3, 'Z', 'z', 'z', 0xd4, 0x05, 0x00},
+		"deep": deep,
+	} {
+		if codec.CheckMsgpack(data) == nil {
+			t.Fatalf("%s: test data passes checkMsgpack", name)
+		}
+		var v fdCharge
+		if codec.FastUnmarshalKnown(data, &v) {
+			t.Errorf("%s: the unchecked fast path decoded data with an unknown key", name)
+		}
+		if err := (codec.MsgPack{}).Unmarshal(data, &v); err == nil {
+			t.Errorf("%s: Unmarshal accepted data that checkMsgpack refuses", name)
+		}
+	}
+	var v fdCharge
+	if !codec.FastUnmarshalKnown([]byte{0x81, 0xa2, 'I', 'D', 0xa1, 'x'}, &v) || v.ID != "x" {
+		t.Errorf("known keys only: not decoded on the unchecked fast path (%+v)", v)
+	}
+}

@@ -11,7 +11,7 @@ import (
 // msgpack map into staged values, and storing them.
 
 // decode decodes the map in b into vals, in the order of the data.
-func (p *fastPlan) decode(b []byte, vals []fastValue) ([]fastValue, bool) {
+func (p *fastPlan) decode(b []byte, vals []fastValue, skipUnknown bool) ([]fastValue, bool) {
 	if len(b) == 0 {
 		return nil, false
 	}
@@ -44,6 +44,9 @@ func (p *fastPlan) decode(b []byte, vals []fastValue) ([]fastValue, bool) {
 			i = j
 			k := p.lookup(key)
 			if k < 0 {
+				if !skipUnknown {
+					return nil, false
+				}
 				if i, ok = skipValue(b, i); !ok {
 					return nil, false
 				}

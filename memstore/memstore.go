@@ -23,6 +23,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 	"time"
 
@@ -60,13 +61,14 @@ type Store struct {
 	records expiryHeap // completed records, soonest expiry first; may hold expired ones
 	max     int
 	tokens  uint64
+	epoch   time.Time // the origin of the store's clock (see now)
 }
 
 var _ idem.Store = (*Store)(nil)
 
 // New returns an empty Store.
 func New(opts ...Option) *Store {
-	s := &Store{entries: make(map[string]*entry)}
+	s := &Store{entries: make(map[string]*entry), epoch: time.Now()}
 	for _, o := range opts {
 		if o != nil {
 			o(s)
@@ -77,8 +79,8 @@ func New(opts ...Option) *Store {
 
 type entry struct {
 	key     string
-	expires time.Time
-	index   int // position in its heap
+	expires time.Duration // on the store's clock (see Store.now)
+	index   int           // position in its heap
 
 	// Lease state: token != 0.
 	token       uint64
@@ -101,7 +103,21 @@ func (e *entry) endLease() {
 }
 
 // live reports whether e has not expired by now.
-func (e *entry) live(now time.Time) bool { return now.Before(e.expires) }
+func (e *entry) live(now time.Duration) bool { return now < e.expires }
+
+// now returns the time on the store's clock: the time since the store was
+// made, on the monotonic clock. One clock read, where time.Now takes two,
+// and expiries compare as integers; wall clock steps do not move it.
+func (s *Store) now() time.Duration { return time.Since(s.epoch) }
+
+// later returns now+ttl, or the end of the clock when that overflows (a
+// TTL of math.MaxInt64 means forever).
+func later(now, ttl time.Duration) time.Duration {
+	if ttl > 0 && now > math.MaxInt64-ttl {
+		return math.MaxInt64
+	}
+	return now + ttl
+}
 
 // Len returns the number of keys held, including expired entries not yet
 // reclaimed. After many entries expire together Len falls gradually, as
@@ -124,7 +140,7 @@ func (s *Store) Acquire(ctx context.Context, key, fingerprint string, ttl time.D
 		if e.leased() {
 			return idem.Acquisition{Holder: e.fingerprint}, nil
 		}
-		return idem.Acquisition{Record: e.record, TTL: e.expires.Sub(now)}, nil
+		return idem.Acquisition{Record: e.record, TTL: e.expires - now}, nil
 	}
 	if s.max > 0 && len(s.entries) >= s.max {
 		// Make room without relying on reclaim having run: drop an expired
@@ -140,7 +156,7 @@ func (s *Store) Acquire(ctx context.Context, key, fingerprint string, ttl time.D
 		}
 	}
 	s.tokens++
-	e := &entry{key: key, expires: now.Add(ttl), token: s.tokens, fingerprint: fingerprint}
+	e := &entry{key: key, expires: later(now, ttl), token: s.tokens, fingerprint: fingerprint}
 	e.lease = lease{s: s, key: key, token: e.token}
 	s.entries[key] = e
 	heap.Push(&s.leases, e)
@@ -152,7 +168,7 @@ func (s *Store) Acquire(ctx context.Context, key, fingerprint string, ttl time.D
 func (s *Store) Wait(ctx context.Context, key string) error {
 	s.mu.Lock()
 	e, ok := s.entries[key]
-	if !ok || !e.leased() || !e.live(time.Now()) {
+	if !ok || !e.leased() || !e.live(s.now()) {
 		s.mu.Unlock()
 		return nil
 	}
@@ -165,7 +181,7 @@ func (s *Store) Wait(ctx context.Context, key string) error {
 	// The timer, not reclaim, wakes waiters when the lease expires: an
 	// expired lease may stay in the map, its done channel open, until a
 	// later call reclaims it.
-	t := time.NewTimer(time.Until(expires))
+	t := time.NewTimer(expires - s.now())
 	defer t.Stop()
 	select {
 	case <-done:
@@ -183,7 +199,7 @@ func (s *Store) Wait(ctx context.Context, key string) error {
 // Each call of Acquire, Refresh, Commit and Release runs it once, after its
 // own work. Nothing depends on it for correctness: entries it leaves behind
 // are treated as absent by lookup, held, Wait and the WithMaxEntries bound.
-func (s *Store) reclaim(now time.Time) {
+func (s *Store) reclaim(now time.Duration) {
 	for _, h := range []*expiryHeap{&s.leases, &s.records} {
 		for range reclaimBatch {
 			if h.Len() == 0 || (*h)[0].live(now) {
@@ -196,7 +212,7 @@ func (s *Store) reclaim(now time.Time) {
 
 // lookup returns the live entry for key, or nil. An expired entry found
 // under key is removed on the way.
-func (s *Store) lookup(key string, now time.Time) *entry {
+func (s *Store) lookup(key string, now time.Duration) *entry {
 	e, ok := s.entries[key]
 	if !ok {
 		return nil
@@ -220,7 +236,7 @@ func (s *Store) remove(e *entry) {
 }
 
 // held returns the entry for key if it is still the live lease token.
-func (s *Store) held(key string, token uint64, now time.Time) (*entry, error) {
+func (s *Store) held(key string, token uint64, now time.Duration) (*entry, error) {
 	e := s.lookup(key, now)
 	if e == nil || e.token != token {
 		return nil, idem.ErrLeaseLost
@@ -230,13 +246,13 @@ func (s *Store) held(key string, token uint64, now time.Time) (*entry, error) {
 
 // lock locks s and returns the time the call works at. The call defers
 // unlock with that time.
-func (s *Store) lock() time.Time {
+func (s *Store) lock() time.Duration {
 	s.mu.Lock()
-	return time.Now()
+	return s.now()
 }
 
 // unlock reclaims a batch of entries expired by now, then unlocks s.
-func (s *Store) unlock(now time.Time) {
+func (s *Store) unlock(now time.Duration) {
 	s.reclaim(now)
 	s.mu.Unlock()
 }
@@ -254,7 +270,7 @@ func (l *lease) Refresh(ctx context.Context, ttl time.Duration) error {
 	if err != nil {
 		return err
 	}
-	e.expires = now.Add(ttl)
+	e.expires = later(now, ttl)
 	heap.Fix(&l.s.leases, e.index)
 	return nil
 }
@@ -279,7 +295,7 @@ func (l *lease) Commit(ctx context.Context, record []byte, ttl time.Duration) er
 	if e.record == nil {
 		e.record = []byte{} // a record, even when empty
 	}
-	e.expires = now.Add(ttl)
+	e.expires = later(now, ttl)
 	heap.Push(&l.s.records, e)
 	return nil
 }
@@ -299,7 +315,7 @@ func (l *lease) Release(ctx context.Context) error {
 type expiryHeap []*entry
 
 func (h expiryHeap) Len() int           { return len(h) }
-func (h expiryHeap) Less(i, j int) bool { return h[i].expires.Before(h[j].expires) }
+func (h expiryHeap) Less(i, j int) bool { return h[i].expires < h[j].expires }
 func (h expiryHeap) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
 	h[i].index, h[j].index = i, j
