@@ -26,6 +26,7 @@ type Operation[Req, Resp any] struct {
 	ttlStore    TTLStore                  // store, when a TTLStore and cache is not nil
 	obs         *Observer                 // nil without WithObserver
 	boxes       sync.Pool                 // of *Resp, zeroed, to decode into without allocating
+	keepers     keepQueue                 // the keepers of executions in flight, until their first refresh
 	err         error
 }
 
@@ -398,7 +399,7 @@ func (o *Operation[Req, Resp]) execute(ctx context.Context, t *trace, info *Info
 
 	fnCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	keeper := keepAlive(fnCtx, t, lease, acquired, o.cfg.lockTTL, cancel)
+	keeper := keepAlive(fnCtx, &o.keepers, t, lease, acquired, o.cfg.lockTTL, cancel)
 
 	returned, settled := false, false
 	defer func() {

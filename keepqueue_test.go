@@ -1,0 +1,134 @@
+package idem_test
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/memstore"
+)
+
+// refreshCountingStore is a memstore whose leases count their refreshes.
+type refreshCountingStore struct {
+	*memstore.Store
+	refreshes atomic.Int32
+}
+
+func (s *refreshCountingStore) Acquire(ctx context.Context, key, fp string, ttl time.Duration) (idem.Acquisition, error) {
+	a, err := s.Store.Acquire(ctx, key, fp, ttl)
+	if a.Lease != nil {
+		a.Lease = &refreshCountingLease{Lease: a.Lease, s: s}
+	}
+	return a, err
+}
+
+type refreshCountingLease struct {
+	idem.Lease
+	s *refreshCountingStore
+}
+
+func (l *refreshCountingLease) Refresh(ctx context.Context, ttl time.Duration) error {
+	l.s.refreshes.Add(1)
+	return l.Lease.Refresh(ctx, ttl)
+}
+
+// TestKeepersShareOneQueue runs 64 goroutines on one Operation, each
+// calling Do on keys of its own with a 150 ms lease: some fns return at
+// once, which must cost no refresh, and some outlive the lease twice over,
+// which only refreshes started by the Operation's shared keeper queue keep
+// alive. Every call must execute once and store its result, no fn's
+// context may end, the short calls must not be refreshed, and no goroutine
+// may be left behind.
+func TestKeepersShareOneQueue(t *testing.T) {
+	const (
+		callers = 64
+		rounds  = 4
+		ttl     = 150 * time.Millisecond
+	)
+	before := runtime.NumGoroutine()
+	store := &refreshCountingStore{Store: memstore.New()}
+	op := idem.New[int, int](store, idem.WithLockTTL(ttl))
+	var execs, long atomic.Int32
+	var wg sync.WaitGroup
+	for c := range callers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for r := range rounds {
+				sleep := time.Duration(0)
+				if (c+r)%4 == 0 {
+					sleep = 2 * ttl
+					long.Add(1)
+				}
+				got, err := op.Do(context.Background(), fmt.Sprintf("k%d-%d", c, r), c, func(ctx context.Context, n int) (int, error) {
+					execs.Add(1)
+					select {
+					case <-time.After(sleep):
+					case <-ctx.Done():
+						return 0, context.Cause(ctx)
+					}
+					return n + 1, nil
+				})
+				if err != nil || got != c+1 {
+					t.Errorf("caller %d round %d: Do = %d, %v; want %d, nil", c, r, got, err, c+1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if n := execs.Load(); n != callers*rounds {
+		t.Errorf("fn ran %d times, want %d", n, callers*rounds)
+	}
+	// A long fn (2 ttl) is refreshed at ttl/3, 2ttl/3, ttl, ...: at least
+	// 4 times. A short one is never refreshed.
+	if n, l := store.refreshes.Load(), long.Load(); n < 4*l || n > 8*l {
+		t.Errorf("%d refreshes for %d long calls, want 4 to 8 each", n, l)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := runtime.NumGoroutine(); n > before {
+		t.Errorf("%d goroutines left, %d before", n, before)
+	}
+}
+
+// TestKeepersAcrossBubbles uses one Operation in two testing/synctest
+// bubbles in turn. The first leaves a timer pending that its bubble will
+// never fire; a long fn in the second must still be refreshed, and its
+// result stored.
+func TestKeepersAcrossBubbles(t *testing.T) {
+	const ttl = 30 * time.Millisecond
+	store := &refreshCountingStore{Store: memstore.New()}
+	op := idem.New[int, int](store, idem.WithLockTTL(ttl))
+	run := func(key string, sleep time.Duration) {
+		synctest.Test(t, func(t *testing.T) {
+			got, err := op.Do(context.Background(), key, 1, func(ctx context.Context, n int) (int, error) {
+				time.Sleep(sleep)
+				return n + 1, context.Cause(ctx)
+			})
+			if err != nil || got != 2 {
+				t.Errorf("%s: Do = %d, %v; want 2, nil", key, got, err)
+			}
+		})
+	}
+	run("short", 0)
+	run("long", 3*ttl)
+	if n := store.refreshes.Load(); n < 8 {
+		t.Errorf("the long fn was refreshed %d times, want at least 8", n)
+	}
+	// Outside the bubbles, the Operation's queue starts refreshes too.
+	got, err := op.Do(context.Background(), "real", 1, func(ctx context.Context, n int) (int, error) {
+		time.Sleep(2 * ttl)
+		return n + 1, context.Cause(ctx)
+	})
+	if err != nil || got != 2 {
+		t.Errorf("outside the bubbles: Do = %d, %v; want 2, nil", got, err)
+	}
+}
