@@ -1,6 +1,7 @@
 package idemtest
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -20,8 +21,9 @@ import (
 // zero is correct, but its replays are cached only in the process that
 // committed them.
 
-// testRecordTTL checks Acquisition.TTL: when a store reports it, it is at
-// most what the record has left, and it counts down.
+// testRecordTTL checks Acquisition.TTL: when a store reports it (from
+// AcquireTTL, for an idem.TTLStore), it is at most what the record has
+// left, and it counts down.
 func testRecordTTL(t *testing.T, e *env) {
 	const ttl = 2 * time.Second
 	k := e.key("k")
@@ -30,7 +32,8 @@ func testRecordTTL(t *testing.T, e *env) {
 		t.Fatal(err)
 	}
 	committed := time.Now() // the store has set the record's expiry by now
-	a, err := e.store.Acquire(ctxFor(t), k, "fp", time.Minute)
+	acquire := acquireTTL(e.store)
+	a, err := acquire(ctxFor(t), k, "fp", time.Minute)
 	if err != nil || a.Record == nil {
 		t.Fatalf("Acquire after Commit: %+v, %v; want the record", a, err)
 	}
@@ -43,7 +46,7 @@ func testRecordTTL(t *testing.T, e *env) {
 	}
 	time.Sleep(100 * time.Millisecond)
 	asked := time.Now() // the store measures the TTL after this
-	b, err := e.store.Acquire(ctxFor(t), k, "fp", time.Minute)
+	b, err := acquire(ctxFor(t), k, "fp", time.Minute)
 	if err != nil || b.Record == nil {
 		t.Fatalf("Acquire: %+v, %v", b, err)
 	}
@@ -53,6 +56,44 @@ func testRecordTTL(t *testing.T, e *env) {
 	// must, not down) may keep the record up to 1 ms longer.
 	if left := ttl - asked.Sub(committed); b.TTL > left+time.Millisecond {
 		t.Errorf("Acquisition.TTL = %v, but the record has at most %v left: the TTL must count down, or a local cache outlives the record", b.TTL, left)
+	}
+}
+
+// testTTLStoreAgrees checks that the Acquire and AcquireTTL of an
+// idem.TTLStore give the same answer but for TTL: a lease on an absent key
+// (which the other then sees held, and which commits alike), the holder's
+// fingerprint on a held key, the record on a completed one.
+func testTTLStoreAgrees(t *testing.T, e *env) {
+	ts, ok := e.store.(idem.TTLStore)
+	if !ok {
+		t.Skip("the store is not an idem.TTLStore")
+	}
+	methods := []struct {
+		name    string
+		acquire acquireFunc
+	}{{"Acquire", ts.Acquire}, {"AcquireTTL", ts.AcquireTTL}}
+	for _, leaser := range methods {
+		k := e.key(leaser.name)
+		a, err := leaser.acquire(ctxFor(t), k, "fp-holder", time.Minute)
+		if err != nil || a.Lease == nil || a.Record != nil || a.Holder != "" {
+			t.Fatalf("%s of an absent key: %+v, %v; want a lease alone", leaser.name, a, err)
+		}
+		for _, m := range methods {
+			h, err := m.acquire(ctxFor(t), k, "fp-other", time.Minute)
+			if err != nil || h.Lease != nil || h.Record != nil || h.Holder != "fp-holder" {
+				t.Errorf("%s of a key leased by %s: %+v, %v; want holder %q alone", m.name, leaser.name, h, err, "fp-holder")
+			}
+		}
+		rec := []byte("rec\x00" + leaser.name)
+		if err := a.Lease.Commit(ctxFor(t), rec, time.Minute); err != nil {
+			t.Fatalf("Commit of a lease from %s: %v", leaser.name, err)
+		}
+		for _, m := range methods {
+			r, err := m.acquire(ctxFor(t), k, "fp-other", time.Minute)
+			if err != nil || r.Lease != nil || r.Holder != "" || !bytes.Equal(r.Record, rec) {
+				t.Errorf("%s of a key completed through %s: %+v, %v; want record %q alone", m.name, leaser.name, r, err, rec)
+			}
+		}
 	}
 }
 

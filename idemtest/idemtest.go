@@ -24,6 +24,21 @@
 // never outlive it. A store that reports no TTL is correct, but only the
 // records a process committed itself are cached there. The RecordTTL and
 // LocalCache* cases check this.
+//
+// A store for which reading the TTL costs extra work (redisstore: a PTTL
+// beside the command that reads the key) may instead implement
+// idem.TTLStore: its Acquire may leave Acquisition.TTL zero, and its
+// AcquireTTL owes everything Acquire does, atomically and with the same
+// answer (a lease for an absent key, the holder's fingerprint for a held
+// one, the record for a completed one; a lease from either is committed,
+// refreshed and released alike), plus the TTL as above. An Operation calls
+// AcquireTTL only when it has a local cache. The suite then checks the TTL
+// through AcquireTTL (RecordTTL), that both methods agree on everything
+// else (TTLStoreAgrees), and that concurrent callers of both never get two
+// leases on one key (AcquireRace). A store that wraps another (to observe
+// or decorate its leases) should implement idem.TTLStore as well, its
+// AcquireTTL calling the wrapped store's AcquireTTL when it has one and its
+// Acquire otherwise, or a local cache over it caches no replay.
 package idemtest
 
 import (
@@ -96,6 +111,18 @@ func acquireLease(t *testing.T, s idem.Store, key, fp string, ttl time.Duration)
 		t.Fatalf("Acquire(%q) = record %q, holder %q; want a lease", key, a.Record, a.Holder)
 	}
 	return a.Lease
+}
+
+// acquireFunc is an Acquire method of a store.
+type acquireFunc = func(ctx context.Context, key, fingerprint string, ttl time.Duration) (idem.Acquisition, error)
+
+// acquireTTL returns the method of s that reports Acquisition.TTL: its
+// AcquireTTL when s is an idem.TTLStore, else its Acquire.
+func acquireTTL(s idem.Store) acquireFunc {
+	if ts, ok := s.(idem.TTLStore); ok {
+		return ts.AcquireTTL
+	}
+	return s.Acquire
 }
 
 // eventually polls cond every few milliseconds until it holds or d passes.

@@ -32,6 +32,7 @@ var storeTests = []test{
 	{"ExpiredLeaseOnFreeKey", testExpiredLeaseFreeKey},
 	{"CommitAfterTakeoverSameBytes", testCommitAfterTakeoverSameBytes},
 	{"RecordTTL", testRecordTTL},
+	{"TTLStoreAgrees", testTTLStoreAgrees},
 }
 
 // testCommitAfterTakeoverSameBytes checks that a Commit is recognised as
@@ -238,17 +239,24 @@ func testRelease(t *testing.T, e *env) {
 	}
 }
 
+// testAcquireRace has concurrent callers acquire one key: one gets the
+// lease. Half of them call AcquireTTL, when the store is an idem.TTLStore.
 func testAcquireRace(t *testing.T, e *env) {
 	const n = 32
+	withTTL := acquireTTL(e.store)
 	for round := range 5 {
 		k := e.key("k", fmt.Sprint(round))
 		var leases atomic.Int32
 		var wg sync.WaitGroup
 		start := make(chan struct{})
 		for i := range n {
+			acquire := e.store.Acquire
+			if i%2 == 1 {
+				acquire = withTTL
+			}
 			wg.Go(func() {
 				<-start
-				a, err := e.store.Acquire(ctxFor(t), k, fmt.Sprint(i), time.Minute)
+				a, err := acquire(ctxFor(t), k, fmt.Sprint(i), time.Minute)
 				if err != nil {
 					t.Error(err)
 					return

@@ -30,20 +30,21 @@
 //
 // # Round trips
 //
-// A replay costs one round trip and a first execution two. Acquire asks
-// redislock to obtain the lease, and answers redislock's obtain in the same
-// transaction (MULTI/EXEC, one round trip) as a read of the key and its
-// PTTL: on Redis 7.0 and newer with
-// the plain command SET key lease NX GET PX ttl, which sets the lease when
-// the key is absent and returns the record (or the holder's lease) when it
-// is not, so a replay runs no script on the server; on older servers with
-// a GET of the key and redislock's obtain script, learned from the syntax
-// error they give the newer command. The PTTL tells idem how long a record
-// has left (idem.Acquisition.TTL), for idem.WithLocalCache. The commit
-// script is the second round trip. Refreshes while fn runs and the release
-// on failure go through the redislock.Lock, whose scripts act only while
-// the key holds this caller's exact lease value. A waiting duplicate polls
-// the key with exponential backoff (redislock's) until the lease is gone.
+// A replay costs one round trip and a first execution two. On Redis 7.0
+// and newer, Acquire sends the one plain command SET key lease NX GET PX
+// ttl, which sets the lease when the key is absent and returns the record
+// (or the holder's lease) when it is not, so a replay runs no script on the
+// server. AcquireTTL (idem.TTLStore), which an idem.Operation with
+// idem.WithLocalCache calls, sends the same SET with a PTTL of the key in
+// one transaction (MULTI/EXEC), to tell the cache how long a record has
+// left (idem.Acquisition.TTL). On older servers, learned from the syntax
+// error they give the newer command, both send a transaction of a GET of
+// the key and redislock's obtain script, AcquireTTL with the PTTL. The
+// commit script is the second round trip. Refreshes while fn runs and the
+// release on failure go through a redislock.Lock, whose scripts act only
+// while the key holds this caller's exact lease value. A waiting duplicate
+// polls the key with exponential backoff (redislock's) until the lease is
+// gone.
 //
 // # Deployment
 //
@@ -140,7 +141,7 @@ type Store struct {
 	legacy atomic.Bool
 }
 
-var _ idem.Store = (*Store)(nil)
+var _ idem.TTLStore = (*Store)(nil)
 
 // New returns a Store that keeps its leases and records in client's Redis.
 func New(client redis.UniversalClient, opts ...Option) *Store {
@@ -161,36 +162,50 @@ func New(client redis.UniversalClient, opts ...Option) *Store {
 // errNilClient is returned by a Store made with a nil client.
 var errNilClient = errors.New("redisstore: nil redis client")
 
-// Acquire implements idem.Store in one round trip.
+// Acquire implements idem.Store in one round trip. It leaves
+// Acquisition.TTL 0; AcquireTTL reports it.
 //
-// On Redis 7.0 and newer it sends the plain command SET key lease NX GET PX
-// ttl, with a PTTL of the key in the same transaction (MULTI/EXEC): the
-// SET takes the lease when the key is absent and returns what holds the
-// key otherwise, so a replay runs no script on the server and no lock
-// machinery in the client. When the SET took the lease, redislock makes the
-// Lock for it (its obtain is answered locally, the lease being set
-// already), and that Lock's scripts refresh and release it. Older servers
-// answer the command with a syntax error (NX and GET together came in
-// 7.0); the Store then keeps to a transaction of GET, redislock's obtain
-// script and PTTL, for this call and every later one.
+// On Redis 7.0 and newer it sends the one plain command SET key lease NX GET
+// PX ttl, which takes the lease when the key is absent and returns what
+// holds the key otherwise, so a replay runs no script on the server and no
+// lock machinery in the client. When the SET took the lease, redislock
+// makes the Lock for it (its obtain is answered locally, the lease being
+// set already), and that Lock's scripts refresh and release it. Older
+// servers answer the command with a syntax error (NX and GET together came
+// in 7.0); the Store then keeps to a transaction (MULTI/EXEC) of GET and
+// redislock's obtain script, for this call and every later one.
 //
-// go-redis does not retry a transaction whose reply was lost, though it
-// may have been applied. Acquire sends it again, up to twice, with the same
-// lease value, which the SET (or the obtain script) then finds and
-// recognises as this call's own; if every try fails, it deletes the lease
-// it may have set, so that the key is not left blocked.
+// A reply may be lost after the command was applied. go-redis may then
+// send a plain command again by itself, and does not resend a
+// transaction; Acquire sends either again, up to twice, with the same lease
+// value, which the SET (or the obtain script) then finds and recognises as
+// this call's own; if every try fails, it deletes the lease it may have
+// set, so that the key is not left blocked.
 func (s *Store) Acquire(ctx context.Context, key, fingerprint string, ttl time.Duration) (idem.Acquisition, error) {
+	return s.acquire(ctx, key, fingerprint, ttl, false)
+}
+
+// AcquireTTL implements idem.TTLStore: it is Acquire, and reports how long
+// a record it returns has left (Acquisition.TTL), still in one round trip.
+// It adds a PTTL of the key to the command, in one transaction (MULTI/EXEC)
+// so that the PTTL is that of what the SET found, with no other client's
+// command between them.
+func (s *Store) AcquireTTL(ctx context.Context, key, fingerprint string, ttl time.Duration) (idem.Acquisition, error) {
+	return s.acquire(ctx, key, fingerprint, ttl, true)
+}
+
+// acquire is Acquire, with a record's TTL read when withTTL is set.
+func (s *Store) acquire(ctx context.Context, key, fingerprint string, ttl time.Duration, withTTL bool) (idem.Acquisition, error) {
 	if s.client == nil {
 		return idem.Acquisition{}, errNilClient
 	}
-	rkey := s.prefix + key
-	ttl = ceilMillis(ttl)
-	value, err := leaseValue(fingerprint)
+	rkey, value, err := keyAndLease(s.prefix, key, fingerprint)
 	if err != nil {
 		return idem.Acquisition{}, err
 	}
+	ttl = ceilMillis(ttl)
 	for try := 1; ; try++ {
-		a, err := s.acquire(ctx, rkey, value, fingerprint, ttl)
+		a, err := s.try(ctx, rkey, value, fingerprint, ttl, withTTL)
 		if err == nil || !transient(ctx, err) {
 			return a, wrapErr(err)
 		}
@@ -208,12 +223,12 @@ func transient(ctx context.Context, err error) bool {
 	return ctx.Err() == nil && !errors.As(err, &answer) && !errors.Is(err, redislock.ErrNotObtained) && !errors.Is(err, redis.ErrClosed)
 }
 
-// acquire is one try of Acquire with the lease value value.
-func (s *Store) acquire(ctx context.Context, rkey, value, fingerprint string, ttl time.Duration) (idem.Acquisition, error) {
+// try is one try of acquire with the lease value value.
+func (s *Store) try(ctx context.Context, rkey, value, fingerprint string, ttl time.Duration, withTTL bool) (idem.Acquisition, error) {
 	token := value[:tokenLen]
 	var p *peek
 	if !s.legacy.Load() {
-		found, held, pttl, err := s.setNXGet(ctx, rkey, value, ttl)
+		found, held, pttl, err := s.setNXGet(ctx, rkey, value, ttl, withTTL)
 		switch {
 		case err != nil && strings.HasPrefix(err.Error(), "ERR syntax error"):
 			s.legacy.Store(true)
@@ -226,7 +241,7 @@ func (s *Store) acquire(ctx context.Context, rkey, value, fingerprint string, tt
 		}
 	}
 	if p == nil {
-		p = &peek{UniversalClient: s.client, key: rkey}
+		p = &peek{UniversalClient: s.client, key: rkey, withTTL: withTTL}
 	}
 	// The key was free, and p's obtain either confirms the lease that
 	// setNXGet took or (on older servers) takes it with the script.
@@ -265,29 +280,66 @@ func (s *Store) abandon(ctx context.Context, rkey, value, fingerprint string, tt
 	}
 }
 
-// setNXGet sends SET key value NX GET PX ttl and a PTTL of key in one
-// transaction, one round trip. It reports found, with what held the key
-// and the key's PTTL, when the key was held by another value; otherwise
-// the lease is set.
-func (s *Store) setNXGet(ctx context.Context, key, value string, ttl time.Duration) (found bool, held string, pttl *redis.DurationCmd, err error) {
-	// MULTI/EXEC, in the same round trip: the PTTL must be that of what
-	// the SET found, with no other client's command between them.
-	pipe := s.client.TxPipeline()
-	set := pipe.Do(ctx, "set", key, value, "px", ttl.Milliseconds(), "nx", "get")
-	pttl = pipe.PTTL(ctx, key)
-	_, _ = pipe.Exec(ctx) // errors are read from each command
-	v, err := set.Text()
+// setNXGet sends SET key value NX GET PX ttl, one round trip; with
+// withTTL, in one transaction with a PTTL of key. It reports found, with
+// what held the key and, with withTTL, the key's PTTL (0 if unknown), when
+// the key was held by another value; otherwise the lease is set.
+func (s *Store) setNXGet(ctx context.Context, key, value string, ttl time.Duration, withTTL bool) (found bool, held string, pttl time.Duration, err error) {
+	set := newSetNXGet(ctx, key, value, ttl)
+	var ttlCmd *redis.DurationCmd
+	if withTTL {
+		// MULTI/EXEC, in the same round trip: the PTTL must be that of
+		// what the SET found, with no other client's command between them.
+		pipe := s.client.TxPipeline()
+		_ = pipe.Process(ctx, set)
+		ttlCmd = pipe.PTTL(ctx, key)
+		_, _ = pipe.Exec(ctx) // errors are read from each command
+	} else {
+		_ = s.client.Process(ctx, set) // the error is read from set
+	}
+	v, err := set.Result()
 	switch {
 	case errors.Is(err, redis.Nil), err == nil && v == value:
 		// The key was absent, and the lease is ours; or it holds our lease
-		// already, set by an earlier try of this Acquire whose reply was
-		// lost (the token is new for every Acquire).
-		return false, "", nil, nil
+		// already, set by an earlier try of this Acquire, or by go-redis's
+		// own resending of the command, whose reply was lost (the token is
+		// new for every Acquire).
+		return false, "", 0, nil
 	case err == nil:
-		return true, v, pttl, nil
+		return true, v, remaining(ttlCmd), nil
 	default:
-		return false, "", nil, err
+		return false, "", 0, err
 	}
+}
+
+// setNXGetArgs holds the arguments of one SET key value PX ms NX GET,
+// together with the command's argument list, which points at them: go-redis
+// writes a *string or *int64 as it does a string or int64, and pointers
+// into one allocation spare the boxing of each argument into an interface.
+type setNXGetArgs struct {
+	key, value string
+	ms         int64
+	args       [7]any
+}
+
+// newSetNXGet returns the command SET key value PX ttl NX GET.
+func newSetNXGet(ctx context.Context, key, value string, ttl time.Duration) *redis.StringCmd {
+	a := &setNXGetArgs{key: key, value: value, ms: ttl.Milliseconds()}
+	a.args = [7]any{"set", &a.key, &a.value, "px", &a.ms, "nx", "get"}
+	return redis.NewStringCmd(ctx, a.args[:]...)
+}
+
+// remaining is what a PTTL read, or 0 when it was not sent or did not
+// give a remaining lifetime.
+func remaining(cmd *redis.DurationCmd) time.Duration {
+	if cmd == nil {
+		return 0
+	}
+	d, err := cmd.Result()
+	if err != nil || d < 0 {
+		return 0
+	}
+	return d
 }
 
 // deadlined is ctx with a deadline, for an Obtain answered locally: its
@@ -301,29 +353,28 @@ func (c deadlined) Deadline() (time.Time, bool) { return c.d, true }
 
 // peek is the redis.Scripter given to redislock for one Obtain. Its first
 // script call, the obtain, is answered with success locally when the lease
-// is set already (set), and otherwise sent in one transaction with a GET of the
-// key and a PTTL, so that a failed obtain costs no extra round trip to
-// learn what holds the key, nor how long a record has left. Later calls
-// (the Lock's refreshes and release) go straight through.
+// is set already (set), and otherwise sent in one transaction with a GET of
+// the key (and a PTTL, withTTL), so that a failed obtain costs no extra
+// round trip to learn what holds the key, nor how long a record has left.
+// Later calls (the Lock's refreshes and release) go straight through.
 type peek struct {
 	redis.UniversalClient
-	key string
-	set bool // the lease is set already: the obtain succeeds without a call
+	key     string
+	set     bool // the lease is set already: the obtain succeeds without a call
+	withTTL bool // read the key's PTTL with it
 
-	sent  bool               // the obtain was answered
-	found bool               // the key held something else: held
-	held  string             // what the key held, if found
-	err   error              // reading the key failed
-	pttl  *redis.DurationCmd // the key's remaining TTL
+	sent  bool          // the obtain was answered
+	found bool          // the key held something else: held
+	held  string        // what the key held, if found
+	err   error         // reading the key failed
+	pttl  time.Duration // the key's remaining TTL, if withTTL and known
 }
 
-// acquisition is what a key held, with the TTL of a record as PTTL read it.
-func acquisition(held string, pttl *redis.DurationCmd) idem.Acquisition {
+// acquisition is what a key held, with pttl as the TTL of a record.
+func acquisition(held string, pttl time.Duration) idem.Acquisition {
 	a := parse(held)
-	if a.Record != nil && pttl != nil {
-		if d, err := pttl.Result(); err == nil && d > 0 {
-			a.TTL = d
-		}
+	if a.Record != nil {
+		a.TTL = pttl
 	}
 	return a
 }
@@ -344,7 +395,7 @@ func (p *peek) Eval(ctx context.Context, script string, keys []string, args ...a
 
 // obtain answers the obtain script's call: "OK" when the lease is set
 // already, else the script's own reply, sent in one transaction with a GET of
-// the key and a PTTL.
+// the key and, withTTL, a PTTL.
 func (p *peek) obtain(ctx context.Context, script func(redis.Pipeliner) *redis.Cmd) *redis.Cmd {
 	p.sent = true
 	if p.set {
@@ -355,8 +406,12 @@ func (p *peek) obtain(ctx context.Context, script func(redis.Pipeliner) *redis.C
 	pipe := p.TxPipeline() // see setNXGet
 	get := pipe.Get(ctx, p.key)
 	cmd := script(pipe)
-	p.pttl = pipe.PTTL(ctx, p.key)
+	var pttl *redis.DurationCmd
+	if p.withTTL {
+		pttl = pipe.PTTL(ctx, p.key)
+	}
 	_, _ = pipe.Exec(ctx) // errors are read from each command
+	p.pttl = remaining(pttl)
 	v, err := get.Result()
 	switch {
 	case err == nil:
@@ -373,7 +428,10 @@ func recordValue(token string, record []byte) string {
 	return recordMark + token[len(leaseMark):] + string(record)
 }
 
-// parse interprets a value read from a key.
+// parse interprets a value read from a key. A record is copied out of v:
+// go-redis reads a reply into a buffer of its own today, but nothing
+// promises that it will not reuse one, and a record aliasing a reused
+// buffer would replay another request's bytes.
 func parse(v string) idem.Acquisition {
 	switch {
 	case strings.HasPrefix(v, recordMark) && len(v) >= recordHead:
@@ -439,17 +497,26 @@ func ceilMillis(d time.Duration) time.Duration {
 	return max(time.Millisecond, r)
 }
 
-// leaseValue returns a new lease value: a new token, leaseMark and 16
-// random bytes in base64url, then fingerprint, in one allocation.
-func leaseValue(fingerprint string) (string, error) {
+// keyAndLease returns the Redis key, prefix + key, and a new lease value: a
+// new token (leaseMark and 16 random bytes in base64url), then
+// fingerprint; both in one allocation.
+func keyAndLease(prefix, key, fingerprint string) (rkey, value string, err error) {
 	var b [16]byte
 	if _, err := rand.Read(b[:]); err != nil {
-		return "", fmt.Errorf("redisstore: lease token: %w", err)
+		return "", "", fmt.Errorf("redisstore: lease token: %w", err)
 	}
 	var t [tokenLen]byte
 	copy(t[:], leaseMark)
 	base64.RawURLEncoding.Encode(t[len(leaseMark):], b[:])
-	return string(t[:]) + fingerprint, nil
+	var sb strings.Builder
+	sb.Grow(len(prefix) + len(key) + tokenLen + len(fingerprint))
+	sb.WriteString(prefix)
+	sb.WriteString(key)
+	sb.Write(t[:])
+	sb.WriteString(fingerprint)
+	all := sb.String()
+	n := len(prefix) + len(key)
+	return all[:n], all[n:], nil
 }
 
 // lease is a lease taken by Acquire: a redislock.Lock on the key.

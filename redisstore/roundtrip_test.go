@@ -80,16 +80,21 @@ func countedClients(t *testing.T) map[string]struct {
 
 // TestRoundTrips counts the round trips and commands of a first execution
 // and a replay, on Redis 7.0 and newer (SET NX GET) and the way the Store
-// works with older servers (GET and redislock's obtain script).
+// works with older servers (GET and redislock's obtain script), through an
+// Operation without a local cache (Acquire: a replay is the SET alone, no
+// transaction, no PTTL) and with one (AcquireTTL: the SET and a PTTL in a
+// transaction on a miss, and nothing once the record is cached).
 func TestRoundTrips(t *testing.T) {
 	ctx := context.Background()
 	paths := []struct {
 		name          string
-		legacy        bool
+		legacy, cache bool
 		first, replay []string
 	}{
-		{"set-nx-get", false, []string{"multi", "set", "pttl", "exec", "evalsha"}, []string{"multi", "set", "pttl", "exec"}},
-		{"legacy", true, []string{"multi", "get", "evalsha", "pttl", "exec", "evalsha"}, []string{"multi", "get", "evalsha", "pttl", "exec"}},
+		{"set-nx-get", false, false, []string{"set", "evalsha"}, []string{"set"}},
+		{"set-nx-get/local-cache", false, true, []string{"multi", "set", "pttl", "exec", "evalsha"}, []string{"multi", "set", "pttl", "exec"}},
+		{"legacy", true, false, []string{"multi", "get", "evalsha", "exec", "evalsha"}, []string{"multi", "get", "evalsha", "exec"}},
+		{"legacy/local-cache", true, true, []string{"multi", "get", "evalsha", "pttl", "exec", "evalsha"}, []string{"multi", "get", "evalsha", "pttl", "exec"}},
 	}
 	for name, c := range countedClients(t) {
 		for _, path := range paths {
@@ -98,7 +103,12 @@ func TestRoundTrips(t *testing.T) {
 				if path.legacy {
 					redisstore.UseLegacyAcquire(s)
 				}
-				op := idem.New[string, string](s)
+				var opts []idem.Option
+				if path.cache {
+					opts = append(opts, idem.WithLocalCache(64))
+				}
+				newOp := func() *idem.Operation[string, string] { return idem.New[string, string](s, opts...) }
+				op := newOp()
 				fn := func(context.Context, string) (string, error) { return "result", nil }
 				// Warm up: connections dialled and scripts cached on every
 				// node (48 keys reach all three cluster masters).
@@ -107,21 +117,29 @@ func TestRoundTrips(t *testing.T) {
 						t.Fatal(err)
 					}
 				}
+				expect := func(what string, op *idem.Operation[string, string], k string, replayed bool, trips int, names []string) {
+					t.Helper()
+					c.count.reset()
+					if _, info, err := op.DoInfo(ctx, k, "req", fn); err != nil || info.Replayed != replayed {
+						t.Fatalf("%s: %v %+v, want replayed = %v", what, err, info, replayed)
+					}
+					if n, got := c.count.read(); n != trips || !slices.Equal(got, names) {
+						t.Errorf("%s: %d round trips %v, want %d: %v", what, n, got, trips, names)
+					}
+				}
 				for i, k := range []string{"a", "b", "c"} {
-					c.count.reset()
-					if _, err := op.Do(ctx, k, "req", fn); err != nil {
-						t.Fatal(err)
+					expect(fmt.Sprint("first execution #", i), op, k, false, 2, path.first)
+					if !path.cache {
+						expect(fmt.Sprint("replay #", i), op, k, true, 1, path.replay)
+						continue
 					}
-					if n, names := c.count.read(); n != 2 || !slices.Equal(names, path.first) {
-						t.Errorf("first execution #%d: %d round trips %v, want 2: %v", i, n, names, path.first)
-					}
-					c.count.reset()
-					if _, info, err := op.DoInfo(ctx, k, "req", fn); err != nil || !info.Replayed {
-						t.Fatalf("replay: %v %+v", err, info)
-					}
-					if n, names := c.count.read(); n != 1 || !slices.Equal(names, path.replay) {
-						t.Errorf("replay #%d: %d round trips %v, want 1: %v", i, n, names, path.replay)
-					}
+					// The record this Operation committed is cached; another
+					// Operation (another process) reads it from Redis once,
+					// then from its cache.
+					expect(fmt.Sprint("replay #", i, ", cached on commit"), op, k, true, 0, nil)
+					other := newOp()
+					expect(fmt.Sprint("replay #", i, " elsewhere, a cache miss"), other, k, true, 1, path.replay)
+					expect(fmt.Sprint("replay #", i, " elsewhere, cached"), other, k, true, 0, nil)
 				}
 				if got := redisstore.LegacyAcquire(s); got != path.legacy {
 					t.Errorf("legacy path = %v, want %v", got, path.legacy)
