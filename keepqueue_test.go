@@ -14,30 +14,6 @@ import (
 	"github.com/idemkit/idem/memstore"
 )
 
-// refreshCountingStore is a memstore whose leases count their refreshes.
-type refreshCountingStore struct {
-	*memstore.Store
-	refreshes atomic.Int32
-}
-
-func (s *refreshCountingStore) Acquire(ctx context.Context, key, fp string, ttl time.Duration) (idem.Acquisition, error) {
-	a, err := s.Store.Acquire(ctx, key, fp, ttl)
-	if a.Lease != nil {
-		a.Lease = &refreshCountingLease{Lease: a.Lease, s: s}
-	}
-	return a, err
-}
-
-type refreshCountingLease struct {
-	idem.Lease
-	s *refreshCountingStore
-}
-
-func (l *refreshCountingLease) Refresh(ctx context.Context, ttl time.Duration) error {
-	l.s.refreshes.Add(1)
-	return l.Lease.Refresh(ctx, ttl)
-}
-
 // TestKeepersShareOneQueue runs 64 goroutines on one Operation, each
 // calling Do on keys of its own with a 150 ms lease: some fns return at
 // once, which must cost no refresh, and some outlive the lease twice over,
@@ -52,7 +28,7 @@ func TestKeepersShareOneQueue(t *testing.T) {
 		ttl     = 150 * time.Millisecond
 	)
 	before := runtime.NumGoroutine()
-	store := &refreshCountingStore{Store: memstore.New()}
+	store := &flakyStore{Store: memstore.New()}
 	op := idem.New[int, int](store, idem.WithLockTTL(ttl))
 	var execs, long atomic.Int32
 	var wg sync.WaitGroup
@@ -105,7 +81,7 @@ func TestKeepersShareOneQueue(t *testing.T) {
 // result stored.
 func TestKeepersAcrossBubbles(t *testing.T) {
 	const ttl = 30 * time.Millisecond
-	store := &refreshCountingStore{Store: memstore.New()}
+	store := &flakyStore{Store: memstore.New()}
 	op := idem.New[int, int](store, idem.WithLockTTL(ttl))
 	run := func(key string, sleep time.Duration) {
 		synctest.Test(t, func(t *testing.T) {

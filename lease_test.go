@@ -17,9 +17,10 @@ import (
 
 // flakyStore wraps a real memstore: its leases' Refresh fails with a
 // transient error while refreshFails is set, and the first commitFails
-// Commits fail with one.
+// Commits fail with one. It counts the refreshes asked for.
 type flakyStore struct {
 	*memstore.Store
+	refreshes    atomic.Int32
 	refreshFails atomic.Bool
 	commitFails  atomic.Int32
 	commits      atomic.Int32
@@ -42,6 +43,7 @@ type flakyLease struct {
 }
 
 func (l *flakyLease) Refresh(ctx context.Context, ttl time.Duration) error {
+	l.s.refreshes.Add(1)
 	if l.s.refreshFails.Load() {
 		return errBlip
 	}
