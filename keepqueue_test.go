@@ -108,3 +108,32 @@ func TestKeepersAcrossBubbles(t *testing.T) {
 		t.Errorf("outside the bubbles: Do = %d, %v; want 2, nil", got, err)
 	}
 }
+
+// TestKeepersAfterBubblePastEpoch uses an Operation in a testing/synctest
+// bubble whose fake clock has run past the real date (27 years of fake
+// sleep): there its keeper cannot tell it is in a bubble, joins the
+// Operation's queue and arms the queue's timer, which never fires once the
+// bubble's test returns. A long fn outside the bubble must still be
+// refreshed: the queue sees that its timer was armed on another clock.
+func TestKeepersAfterBubblePastEpoch(t *testing.T) {
+	const ttl = 30 * time.Millisecond
+	store := &flakyStore{Store: memstore.New()}
+	op := idem.New[int, int](store, idem.WithLockTTL(ttl))
+	synctest.Test(t, func(t *testing.T) {
+		time.Sleep(27 * 365 * 24 * time.Hour)
+		if _, err := op.Do(context.Background(), "in-bubble", 1, func(_ context.Context, n int) (int, error) { return n, nil }); err != nil {
+			t.Error(err)
+		}
+	})
+	before := store.refreshes.Load()
+	got, err := op.Do(context.Background(), "real", 1, func(ctx context.Context, n int) (int, error) {
+		time.Sleep(4 * ttl)
+		return n + 1, context.Cause(ctx)
+	})
+	if err != nil || got != 2 {
+		t.Errorf("Do = %d, %v; want 2, nil", got, err)
+	}
+	if n := store.refreshes.Load() - before; n < 8 {
+		t.Errorf("a fn of 4 lease TTLs was refreshed %d times, want at least 8", n)
+	}
+}

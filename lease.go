@@ -74,11 +74,14 @@ func keepAlive(ctx context.Context, q *keepQueue, t *trace, lease Lease, acquire
 // queue is in order of due, and the armed timer, which fires at the due of
 // a keeper that joined earlier, fires no later than any keeper joining is
 // due. A new timer is made each time one is armed, never a timer reset, so
-// the zero keepQueue is ready to use.
+// the zero keepQueue is ready to use. Should the armed timer be lost (see
+// add), a keeper joining later arms a new one.
 type keepQueue struct {
 	mu         sync.Mutex
 	head, tail *keeper
-	armed      bool // a timer will call fire, no later than head is due
+	armed      bool          // a timer will call fire, no later than head is due
+	at         time.Duration // when the armed timer fires, on mono's scale
+	gen        uint64        // the armed timer's generation; older ones fire, then stop
 }
 
 // add queues k, its first refresh due a third of its ttl from now, and
@@ -102,11 +105,24 @@ func (q *keepQueue) add(k *keeper) bool {
 		q.tail.next = k
 	}
 	q.tail = k
-	if !q.armed {
-		q.armed = true
-		time.AfterFunc(k.ttl/3, q.fire)
+	// An armed timer that should fire after k is due, or that is overdue
+	// by a third of ttl, was armed on another clock or has been lost:
+	// made in a testing/synctest bubble whose clock had passed the epoch,
+	// say, which never fires once the bubble's test returns. A new timer
+	// takes over, and the old one, if it ever fires, starts what is due
+	// and stops.
+	if !q.armed || q.at > k.due || now > monoAdd(q.at, k.ttl/3) {
+		q.arm(now, k.ttl/3)
 	}
 	return true
+}
+
+// arm arms a timer to call fire d after now. q.mu is held.
+func (q *keepQueue) arm(now, d time.Duration) {
+	q.gen++
+	gen := q.gen
+	q.armed, q.at = true, monoAdd(now, d)
+	time.AfterFunc(d, func() { q.fire(gen) })
 }
 
 // remove takes k out of q, if it is still queued.
@@ -134,8 +150,8 @@ func (q *keepQueue) unlink(k *keeper) {
 }
 
 // fire starts the refreshes that are due, each on a goroutine of its own,
-// and arms a timer for the next one.
-func (q *keepQueue) fire() {
+// and, when it is the timer of generation q.gen, arms the next.
+func (q *keepQueue) fire(gen uint64) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	now := mono()
@@ -144,9 +160,12 @@ func (q *keepQueue) fire() {
 		q.unlink(k)
 		go k.keep()
 	}
-	q.armed = q.head != nil
-	if q.armed {
-		time.AfterFunc(q.head.due-now, q.fire)
+	switch {
+	case gen != q.gen: // a newer timer is armed
+	case q.head != nil:
+		q.arm(now, q.head.due-now)
+	default:
+		q.armed = false
 	}
 }
 
