@@ -91,16 +91,25 @@ type Store interface {
 	Wait(ctx context.Context, key string) error
 }
 
-// TTLStore is a Store whose Acquire leaves Acquisition.TTL zero because
-// reporting it costs extra work, and whose AcquireTTL is Acquire with TTL
-// filled in as Acquisition documents. An Operation with a local cache
-// (WithLocalCache) calls AcquireTTL; one without calls Acquire, so that its
-// replays do not pay for a lifetime nothing would read. redisstore is one:
-// its Acquire finds a record with one command, AcquireTTL with a
-// MULTI/EXEC that adds PTTL.
-type TTLStore interface {
-	Store
-	AcquireTTL(ctx context.Context, key, fingerprint string, ttl time.Duration) (Acquisition, error)
+// ttlRequestKey is the context key of ContextWithTTLRequest.
+type ttlRequestKey struct{}
+
+// ContextWithTTLRequest returns a copy of ctx that asks Store.Acquire for
+// Acquisition.TTL. An Operation with a local cache (WithLocalCache) gives
+// Acquire such a context, and one without does not, so that a store for
+// which the TTL costs extra work (redisstore: a PTTL beside the SET, in a
+// MULTI/EXEC) need not pay for it on replays that would not read it. The
+// request travels with ctx, so a store that wraps another and passes ctx
+// on passes the request on too.
+func ContextWithTTLRequest(ctx context.Context) context.Context {
+	return context.WithValue(ctx, ttlRequestKey{}, true)
+}
+
+// TTLRequested reports whether ctx, given to Store.Acquire, asks for
+// Acquisition.TTL (see ContextWithTTLRequest).
+func TTLRequested(ctx context.Context) bool {
+	v, _ := ctx.Value(ttlRequestKey{}).(bool)
+	return v
 }
 
 // Acquisition is the result of Store.Acquire. Exactly one of Record and Lease
@@ -116,9 +125,10 @@ type Acquisition struct {
 	Holder string
 	// TTL is how long Record had left to live when the store answered, by
 	// the store's own clock, or 0 when the store does not say. A store
-	// should fill it, rounded down, when it returns a Record (a TTLStore
-	// only from AcquireTTL): only then may WithLocalCache keep the record,
-	// as it must expire no later than the stored one.
+	// should fill it, rounded down, when it returns a Record to a caller
+	// whose ctx asks for it (TTLRequested), and may otherwise: only then
+	// may WithLocalCache keep the record, as it must expire no later than
+	// the stored one.
 	TTL time.Duration
 }
 

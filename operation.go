@@ -23,7 +23,6 @@ type Operation[Req, Resp any] struct {
 	reqs        sync.Pool                 // of *Req, zeroed, for the default fingerprint
 	types       string                    // the request and result types, kept in records
 	cache       *localCache               // nil without WithLocalCache
-	ttlStore    TTLStore                  // store, when a TTLStore and cache is not nil
 	obs         *Observer                 // nil without WithObserver
 	boxes       sync.Pool                 // of *Resp, zeroed, to decode into without allocating
 	keepers     keepQueue                 // the keepers of executions in flight, until their first refresh
@@ -90,7 +89,6 @@ func New[Req, Resp any](store Store, opts ...Option) *Operation[Req, Resp] {
 	o.err = cfg.err()
 	if cfg.cacheSize > 0 {
 		o.cache = newLocalCache(cfg.cacheSize)
-		o.ttlStore, _ = store.(TTLStore)
 	}
 	o.obs = combine(cfg.observers)
 	return o
@@ -216,10 +214,15 @@ func (o *Operation[Req, Resp]) do(ctx context.Context, t *trace, info *Info, req
 		}
 	}
 
+	// The local cache needs to know how long a record has left.
+	actx := ctx
+	if o.cache != nil {
+		actx = ContextWithTTLRequest(ctx)
+	}
 	var waitCtx context.Context
 	for lost := 0; ; {
 		sent := mono()
-		acq, err := o.acquire(ctx, skey, fp)
+		acq, err := o.store.Acquire(actx, skey, fp, o.cfg.lockTTL)
 		if err != nil {
 			switch {
 			case ctx.Err() != nil: // the caller gave up: not the store's failure
@@ -290,15 +293,6 @@ func (o *Operation[Req, Resp]) do(ctx context.Context, t *trace, info *Info, req
 			return zero, fmt.Errorf("%w: waiting: %w", ErrStore, err)
 		}
 	}
-}
-
-// acquire calls the store's Acquire, or AcquireTTL when the local cache
-// needs a record's lifetime and the store reports it only there.
-func (o *Operation[Req, Resp]) acquire(ctx context.Context, skey, fp string) (Acquisition, error) {
-	if o.ttlStore != nil {
-		return o.ttlStore.AcquireTTL(ctx, skey, fp, o.cfg.lockTTL)
-	}
-	return o.store.Acquire(ctx, skey, fp, o.cfg.lockTTL)
 }
 
 // appendFingerprint appends the hex fingerprint of req to dst: the SHA-256

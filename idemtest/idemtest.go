@@ -26,19 +26,16 @@
 // LocalCache* cases check this.
 //
 // A store for which reading the TTL costs extra work (redisstore: a PTTL
-// beside the command that reads the key) may instead implement
-// idem.TTLStore: its Acquire may leave Acquisition.TTL zero, and its
-// AcquireTTL owes everything Acquire does, atomically and with the same
-// answer (a lease for an absent key, the holder's fingerprint for a held
-// one, the record for a completed one; a lease from either is committed,
-// refreshed and released alike), plus the TTL as above. An Operation calls
-// AcquireTTL only when it has a local cache. The suite then checks the TTL
-// through AcquireTTL (RecordTTL), that both methods agree on everything
-// else (TTLStoreAgrees), and that concurrent callers of both never get two
-// leases on one key (AcquireRace). A store that wraps another (to observe
-// or decorate its leases) should implement idem.TTLStore as well, its
-// AcquireTTL calling the wrapped store's AcquireTTL when it has one and its
-// Acquire otherwise, or a local cache over it caches no replay.
+// beside the command that reads the key) may report it only when the
+// context given to Acquire asks for it (idem.TTLRequested; an Operation
+// asks only when it has a local cache). Asked or not, Acquire owes the
+// same answer, atomically (a lease for an absent key, the holder's
+// fingerprint for a held one, the record for a completed one; a lease is
+// committed, refreshed and released alike). The suite checks the TTL of an
+// Acquire asked for it (RecordTTL), that the answers agree on everything
+// else (TTLRequestAgrees), and that concurrent callers of both kinds never
+// get two leases on one key (AcquireRace). A store that wraps another
+// passes the context on, and with it the request.
 package idemtest
 
 import (
@@ -116,13 +113,12 @@ func acquireLease(t *testing.T, s idem.Store, key, fp string, ttl time.Duration)
 // acquireFunc is an Acquire method of a store.
 type acquireFunc = func(ctx context.Context, key, fingerprint string, ttl time.Duration) (idem.Acquisition, error)
 
-// acquireTTL returns the method of s that reports Acquisition.TTL: its
-// AcquireTTL when s is an idem.TTLStore, else its Acquire.
+// acquireTTL returns the Acquire of s, asked for Acquisition.TTL
+// (idem.ContextWithTTLRequest), as an Operation with a local cache asks.
 func acquireTTL(s idem.Store) acquireFunc {
-	if ts, ok := s.(idem.TTLStore); ok {
-		return ts.AcquireTTL
+	return func(ctx context.Context, key, fingerprint string, ttl time.Duration) (idem.Acquisition, error) {
+		return s.Acquire(idem.ContextWithTTLRequest(ctx), key, fingerprint, ttl)
 	}
-	return s.Acquire
 }
 
 // eventually polls cond every few milliseconds until it holds or d passes.

@@ -32,7 +32,7 @@ var storeTests = []test{
 	{"ExpiredLeaseOnFreeKey", testExpiredLeaseFreeKey},
 	{"CommitAfterTakeoverSameBytes", testCommitAfterTakeoverSameBytes},
 	{"RecordTTL", testRecordTTL},
-	{"TTLStoreAgrees", testTTLStoreAgrees},
+	{"TTLRequestAgrees", testTTLRequestAgrees},
 }
 
 // testCommitAfterTakeoverSameBytes checks that a Commit is recognised as
@@ -240,7 +240,7 @@ func testRelease(t *testing.T, e *env) {
 }
 
 // testAcquireRace has concurrent callers acquire one key: one gets the
-// lease. Half of them call AcquireTTL, when the store is an idem.TTLStore.
+// lease. Half of them ask for the TTL (idem.ContextWithTTLRequest).
 func testAcquireRace(t *testing.T, e *env) {
 	const n = 32
 	withTTL := acquireTTL(e.store)

@@ -304,32 +304,14 @@ type progressStore struct {
 	idem.Store
 }
 
-// Acquire implements idem.Store.
+// Acquire implements idem.Store. It passes ctx on, and with it an
+// Operation's request for the record's TTL (idem.TTLRequested).
 func (s *progressStore) Acquire(ctx context.Context, key, fp string, ttl time.Duration) (idem.Acquisition, error) {
-	return s.acquire(ctx, key, fp, ttl, false)
-}
-
-// AcquireTTL implements idem.TTLStore, so that an Operation with a local
-// cache learns the TTL of the records it replays: it is the store's
-// AcquireTTL when the store is an idem.TTLStore, else its Acquire, which
-// then reports the TTL.
-func (s *progressStore) AcquireTTL(ctx context.Context, key, fp string, ttl time.Duration) (idem.Acquisition, error) {
-	return s.acquire(ctx, key, fp, ttl, true)
-}
-
-// acquire is Acquire, or AcquireTTL when withTTL is set.
-func (s *progressStore) acquire(ctx context.Context, key, fp string, ttl time.Duration, withTTL bool) (idem.Acquisition, error) {
 	c, _ := ctx.Value(callKey{}).(*call)
 	if c != nil {
 		c.setTTL(ttl)
 	}
-	var a idem.Acquisition
-	var err error
-	if ts, ok := s.Store.(idem.TTLStore); ok && withTTL {
-		a, err = ts.AcquireTTL(ctx, key, fp, ttl)
-	} else {
-		a, err = s.Store.Acquire(ctx, key, fp, ttl)
-	}
+	a, err := s.Store.Acquire(ctx, key, fp, ttl)
 	if a.Lease != nil && c != nil {
 		a.Lease = &progressLease{Lease: a.Lease, msg: c.msg}
 	}

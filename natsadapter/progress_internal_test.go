@@ -13,38 +13,31 @@ import (
 	"github.com/idemkit/idem/redisstore"
 )
 
-// ttlCounting is an idem.TTLStore on memstore whose Acquire, like
-// redisstore's, leaves Acquisition.TTL zero, and which counts the calls of
-// each method.
-type ttlCounting struct {
+// ttlAsked is a memstore that counts the Acquires whose context asks for
+// the record's TTL (idem.TTLRequested), and those whose does not.
+type ttlAsked struct {
 	idem.Store
-	plain, withTTL atomic.Int64
+	asked, plain atomic.Int64
 }
 
-func (s *ttlCounting) Acquire(ctx context.Context, key, fp string, ttl time.Duration) (idem.Acquisition, error) {
-	s.plain.Add(1)
-	a, err := s.Store.Acquire(ctx, key, fp, ttl)
-	a.TTL = 0
-	return a, err
-}
-
-func (s *ttlCounting) AcquireTTL(ctx context.Context, key, fp string, ttl time.Duration) (idem.Acquisition, error) {
-	s.withTTL.Add(1)
+func (s *ttlAsked) Acquire(ctx context.Context, key, fp string, ttl time.Duration) (idem.Acquisition, error) {
+	if idem.TTLRequested(ctx) {
+		s.asked.Add(1)
+	} else {
+		s.plain.Add(1)
+	}
 	return s.Store.Acquire(ctx, key, fp, ttl)
 }
 
-// TestProgressStoreForwardsAcquireTTL checks that the store the handler's
-// Operation runs on is an idem.TTLStore that forwards AcquireTTL to the
-// wrapped store's AcquireTTL, so that an Operation with a local cache
-// (WithOptions(idem.WithLocalCache(n))) caches the records it replays from
-// the store, and one without calls Acquire.
-func TestProgressStoreForwardsAcquireTTL(t *testing.T) {
+// TestProgressStorePassesTTLRequest checks that the store the handler's
+// Operation runs on passes an Operation's request for the TTL on to the
+// wrapped store: an Operation with a local cache
+// (WithOptions(idem.WithLocalCache(n))) asks, and then replays from its
+// cache; one without does not ask.
+func TestProgressStorePassesTTLRequest(t *testing.T) {
 	ctx := context.Background()
-	inner := &ttlCounting{Store: memstore.New()}
-	var ps idem.Store = &progressStore{Store: inner}
-	if _, ok := ps.(idem.TTLStore); !ok {
-		t.Fatal("progressStore is not an idem.TTLStore")
-	}
+	inner := &ttlAsked{Store: memstore.New()}
+	ps := &progressStore{Store: inner}
 	fn := func(context.Context, string) (string, error) { return "done", nil }
 	// Another process completes the key.
 	if _, err := idem.New[string, string](inner).Do(ctx, "k", "r", fn); err != nil {
@@ -58,25 +51,24 @@ func TestProgressStoreForwardsAcquireTTL(t *testing.T) {
 			t.Fatalf("replay without a cache: %v, %v", info.Outcome, err)
 		}
 	}
-	if p, w := inner.plain.Load(), inner.withTTL.Load(); p != 2 || w != 0 {
-		t.Fatalf("without a cache: %d Acquire, %d AcquireTTL; want 2, 0", p, w)
+	if p, a := inner.plain.Load(), inner.asked.Load(); p != 2 || a != 0 {
+		t.Fatalf("without a cache: %d plain Acquires, %d asking for the TTL; want 2, 0", p, a)
 	}
-
 	cached := idem.New[string, string](ps, idem.WithLocalCache(8))
 	for range 3 {
 		if _, info, err := cached.DoInfo(ctx, "k", "r", fn); err != nil || !info.Replayed {
 			t.Fatalf("replay with a cache: %v, %v", info.Outcome, err)
 		}
 	}
-	if p, w := inner.plain.Load(), inner.withTTL.Load(); p != 2 || w != 1 {
-		t.Fatalf("with a cache: %d Acquire, %d AcquireTTL in all; want 2, 1 (then cached)", p, w)
+	if p, a := inner.plain.Load(), inner.asked.Load(); p != 2 || a != 1 {
+		t.Fatalf("with a cache: %d plain Acquires, %d asking for the TTL in all; want 2, 1 (then cached)", p, a)
 	}
 }
 
-// TestProgressStoreAcquireTTL checks what progressStore's AcquireTTL
-// reports for a record: the TTL from redisstore's AcquireTTL, and from
-// the Acquire of a store that is no idem.TTLStore (memstore).
-func TestProgressStoreAcquireTTL(t *testing.T) {
+// TestProgressStoreReportsTTL checks that progressStore's Acquire, asked
+// for the TTL, reports it for a record, from redisstore (which reports it
+// only when asked) and from memstore.
+func TestProgressStoreReportsTTL(t *testing.T) {
 	ctx := context.Background()
 	stores := map[string]idem.Store{
 		"memstore":   memstore.New(),
@@ -92,9 +84,9 @@ func TestProgressStoreAcquireTTL(t *testing.T) {
 			if err := a.Lease.Commit(ctx, []byte("rec"), time.Minute); err != nil {
 				t.Fatal(err)
 			}
-			a, err = ps.AcquireTTL(ctx, "k", "fp", time.Minute)
+			a, err = ps.Acquire(idem.ContextWithTTLRequest(ctx), "k", "fp", time.Minute)
 			if err != nil || string(a.Record) != "rec" || a.TTL <= 0 || a.TTL > time.Minute {
-				t.Fatalf("AcquireTTL: %+v, %v; want the record and a TTL within (0, 1m]", a, err)
+				t.Fatalf("Acquire asked for the TTL: %+v, %v; want the record and a TTL within (0, 1m]", a, err)
 			}
 		})
 	}

@@ -164,3 +164,53 @@ func TestForeverTTL(t *testing.T) {
 		t.Fatalf("record PTTL = %v, %v; want over a century", got, err)
 	}
 }
+
+// tenantStore embeds the concrete *redisstore.Store and overrides Acquire
+// to scope keys by tenant, as a wrapper may. An Operation with a local
+// cache must still call that Acquire, which then asks the embedded store
+// for the TTL through its context: were the request a method of its own,
+// the embedded store's would be promoted to the wrapper, and called in the
+// override's stead.
+type tenantStore struct {
+	*redisstore.Store
+	tenant   string
+	acquires atomic.Int32
+}
+
+func (w *tenantStore) Acquire(ctx context.Context, key, fp string, ttl time.Duration) (idem.Acquisition, error) {
+	w.acquires.Add(1)
+	return w.Store.Acquire(ctx, w.tenant+"/"+key, fp, ttl)
+}
+
+// TestLocalCacheOverWrapper checks that two tenants' wrappers over one
+// store keep their records apart with a local cache, and that the second
+// process of a tenant caches a record it replays from Redis.
+func TestLocalCacheOverWrapper(t *testing.T) {
+	base := redisstore.New(redistest.Single(t), redisstore.WithPrefix(fmt.Sprint("tenants:", time.Now().UnixNano(), ":")))
+	a := &tenantStore{Store: base, tenant: "a"}
+	b := &tenantStore{Store: base, tenant: "b"}
+	ctx := context.Background()
+	fn := func(v string) func(context.Context, int) (string, error) {
+		return func(context.Context, int) (string, error) { return v, nil }
+	}
+	if got, err := idem.New[int, string](a, idem.WithLocalCache(10)).Do(ctx, "order-1", 1, fn("a's")); err != nil || got != "a's" {
+		t.Fatalf("tenant a: %q, %v", got, err)
+	}
+	opB := idem.New[int, string](b, idem.WithLocalCache(10))
+	if got, err := opB.Do(ctx, "order-1", 1, fn("b's")); err != nil || got != "b's" {
+		t.Fatalf("tenant b: %q, %v; want its own result", got, err)
+	}
+	if a.acquires.Load() != 1 || b.acquires.Load() != 1 {
+		t.Fatalf("the wrappers' Acquire ran %d and %d times, want once each", a.acquires.Load(), b.acquires.Load())
+	}
+	// Another process of tenant a replays from Redis, then from its cache.
+	other := idem.New[int, string](a, idem.WithLocalCache(10))
+	for range 3 {
+		if got, info, err := other.DoInfo(ctx, "order-1", 1, fn("again")); err != nil || got != "a's" || !info.Replayed {
+			t.Fatalf("tenant a, second process: %q, %v, %v; want a's result replayed", got, info.Outcome, err)
+		}
+	}
+	if n := a.acquires.Load(); n != 2 {
+		t.Errorf("tenant a's wrapper Acquire ran %d times, want 2: the second process's replays after the first should come from its cache", n)
+	}
+}

@@ -61,12 +61,12 @@ func (o *oldServer) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Pr
 // TestOlderServerFallsBack checks that a Store whose server refuses SET NX
 // GET (Redis before 7.0) keeps to GET and the obtain script from then on,
 // and stays correct: fn runs once, and its result replays. It does so
-// whether the refusal comes to Acquire (SET alone) or to AcquireTTL (SET in
-// a transaction with PTTL), and then both answer alike, AcquireTTL with the
-// record's TTL.
+// whether the refusal comes to an Acquire asked for no TTL (SET alone) or
+// to one asked for it (SET in a transaction with PTTL), and then both
+// answer alike, the second with the record's TTL.
 func TestOlderServerFallsBack(t *testing.T) {
 	for _, withTTL := range []bool{false, true} {
-		t.Run(fmt.Sprint("AcquireTTL=", withTTL), func(t *testing.T) {
+		t.Run(fmt.Sprint("TTLRequested=", withTTL), func(t *testing.T) {
 			client := redistest.Single(t)
 			old := &oldServer{}
 			client.AddHook(old)
@@ -74,7 +74,7 @@ func TestOlderServerFallsBack(t *testing.T) {
 			s := redisstore.New(client, redisstore.WithPrefix(prefix))
 			var opts []idem.Option
 			if withTTL {
-				opts = append(opts, idem.WithLocalCache(8)) // the Operation calls AcquireTTL
+				opts = append(opts, idem.WithLocalCache(8)) // the Operation asks for the TTL
 			}
 			ctx := context.Background()
 			var runs atomic.Int64
@@ -101,9 +101,9 @@ func TestOlderServerFallsBack(t *testing.T) {
 			if err != nil || a.Record == nil || a.TTL != 0 {
 				t.Errorf("Acquire of the completed key: %+v, %v; want the record, TTL 0", a, err)
 			}
-			a, err = s.AcquireTTL(ctx, ":k", "fp", time.Minute)
+			a, err = s.Acquire(idem.ContextWithTTLRequest(ctx), ":k", "fp", time.Minute)
 			if err != nil || a.Record == nil || a.TTL <= 0 || a.TTL > idem.DefaultTTL {
-				t.Errorf("AcquireTTL of the completed key: %+v, %v; want the record, its TTL", a, err)
+				t.Errorf("Acquire asked for the TTL of the completed key: %+v, %v; want the record, its TTL", a, err)
 			}
 			if n := old.refused.Load(); n != 1 {
 				t.Errorf("SET NX GET was tried %d times, want once: the fallback is for good", n)

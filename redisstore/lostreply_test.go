@@ -117,20 +117,20 @@ func (d *replyDropper) pipe(c, s net.Conn) {
 // lostReplyPaths are the ways an Acquire reaches Redis, and what
 // replyDropper must match to lose its reply: the plain SET NX GET of
 // Acquire, which go-redis resends by itself after a lost reply (unless its
-// retries are off: noRetries), and the transactions of AcquireTTL and of
-// the older servers' path, which it does not resend.
+// retries are off: noRetries), and the transactions of an Acquire asked for
+// the TTL and of the older servers' path, which it does not resend.
 var lostReplyPaths = []struct {
 	name      string
 	legacy    bool
-	withTTL   bool // AcquireTTL, and an Operation with a local cache
+	withTTL   bool // Acquire asked for the TTL, as by an Operation with a local cache
 	noRetries bool // go-redis's own retries off (MaxRetries -1)
 	match     []byte
 }{
 	{"Acquire", false, false, false, matchNX},
 	{"Acquire/go-redis-no-retries", false, false, true, matchNX},
-	{"AcquireTTL", false, true, false, matchMulti},
+	{"AcquireWithTTL", false, true, false, matchMulti},
 	{"legacy/Acquire", true, false, false, matchMulti},
-	{"legacy/AcquireTTL", true, true, false, matchMulti},
+	{"legacy/AcquireWithTTL", true, true, false, matchMulti},
 }
 
 // proxiedStore returns a Store on a client that reaches the test's
@@ -168,7 +168,7 @@ func TestLostAcquireReply(t *testing.T) {
 			s, proxy := proxiedStore(t, fmt.Sprint("lost:", time.Now().UnixNano(), ":"), 1, path.name)
 			var opts []idem.Option
 			if path.withTTL {
-				opts = append(opts, idem.WithLocalCache(8)) // the Operation calls AcquireTTL
+				opts = append(opts, idem.WithLocalCache(8)) // the Operation asks for the TTL
 			}
 			op := idem.New[string, int](s, opts...)
 			var runs atomic.Int64
@@ -200,12 +200,12 @@ func TestLostAcquireRepliesAbandon(t *testing.T) {
 		t.Run(path.name, func(t *testing.T) {
 			prefix := fmt.Sprint("abandon:", time.Now().UnixNano(), ":")
 			s, proxy := proxiedStore(t, prefix, 1000, path.name)
-			acquire := s.Acquire
-			if path.withTTL {
-				acquire = s.AcquireTTL
-			}
 			ctx := context.Background()
-			if _, err := acquire(ctx, "k", "fp", time.Minute); err == nil || errors.Is(err, idem.ErrCorruptRecord) {
+			actx := ctx
+			if path.withTTL {
+				actx = idem.ContextWithTTLRequest(ctx)
+			}
+			if _, err := s.Acquire(actx, "k", "fp", time.Minute); err == nil || errors.Is(err, idem.ErrCorruptRecord) {
 				t.Fatalf("Acquire with every reply lost: %v, want a transport error", err)
 			}
 			if n := proxy.dropped.Load(); n < 3 {

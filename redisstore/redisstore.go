@@ -34,12 +34,13 @@
 // and newer, Acquire sends the one plain command SET key lease NX GET PX
 // ttl, which sets the lease when the key is absent and returns the record
 // (or the holder's lease) when it is not, so a replay runs no script on the
-// server. AcquireTTL (idem.TTLStore), which an idem.Operation with
-// idem.WithLocalCache calls, sends the same SET with a PTTL of the key in
-// one transaction (MULTI/EXEC), to tell the cache how long a record has
-// left (idem.Acquisition.TTL). On older servers, learned from the syntax
-// error they give the newer command, both send a transaction of a GET of
-// the key and redislock's obtain script, AcquireTTL with the PTTL. The
+// server. When its ctx asks for the record's TTL (idem.TTLRequested: an
+// idem.Operation with idem.WithLocalCache), it sends the same SET with a
+// PTTL of the key in one transaction (MULTI/EXEC), to tell the cache how
+// long a record has left (idem.Acquisition.TTL). On older servers, learned
+// from the syntax error they give the newer command, it sends a
+// transaction of a GET of the key and redislock's obtain script, and the
+// PTTL when asked. The
 // commit script is the second round trip. Refreshes while fn runs and the
 // release on failure go through a redislock.Lock, whose scripts act only
 // while the key holds this caller's exact lease value. A waiting duplicate
@@ -141,7 +142,7 @@ type Store struct {
 	legacy atomic.Bool
 }
 
-var _ idem.TTLStore = (*Store)(nil)
+var _ idem.Store = (*Store)(nil)
 
 // New returns a Store that keeps its leases and records in client's Redis.
 func New(client redis.UniversalClient, opts ...Option) *Store {
@@ -162,8 +163,11 @@ func New(client redis.UniversalClient, opts ...Option) *Store {
 // errNilClient is returned by a Store made with a nil client.
 var errNilClient = errors.New("redisstore: nil redis client")
 
-// Acquire implements idem.Store in one round trip. It leaves
-// Acquisition.TTL 0; AcquireTTL reports it.
+// Acquire implements idem.Store in one round trip. It reports
+// Acquisition.TTL only when ctx asks for it (idem.TTLRequested), adding a
+// PTTL of the key to the command, in one transaction (MULTI/EXEC) so that
+// the PTTL is that of what the SET found, with no other client's command
+// between them.
 //
 // On Redis 7.0 and newer it sends the one plain command SET key lease NX GET
 // PX ttl, which takes the lease when the key is absent and returns what
@@ -182,20 +186,7 @@ var errNilClient = errors.New("redisstore: nil redis client")
 // this call's own; if every try fails, it deletes the lease it may have
 // set, so that the key is not left blocked.
 func (s *Store) Acquire(ctx context.Context, key, fingerprint string, ttl time.Duration) (idem.Acquisition, error) {
-	return s.acquire(ctx, key, fingerprint, ttl, false)
-}
-
-// AcquireTTL implements idem.TTLStore: it is Acquire, and reports how long
-// a record it returns has left (Acquisition.TTL), still in one round trip.
-// It adds a PTTL of the key to the command, in one transaction (MULTI/EXEC)
-// so that the PTTL is that of what the SET found, with no other client's
-// command between them.
-func (s *Store) AcquireTTL(ctx context.Context, key, fingerprint string, ttl time.Duration) (idem.Acquisition, error) {
-	return s.acquire(ctx, key, fingerprint, ttl, true)
-}
-
-// acquire is Acquire, with a record's TTL read when withTTL is set.
-func (s *Store) acquire(ctx context.Context, key, fingerprint string, ttl time.Duration, withTTL bool) (idem.Acquisition, error) {
+	withTTL := idem.TTLRequested(ctx)
 	if s.client == nil {
 		return idem.Acquisition{}, errNilClient
 	}

@@ -81,9 +81,10 @@ func countedClients(t *testing.T) map[string]struct {
 // TestRoundTrips counts the round trips and commands of a first execution
 // and a replay, on Redis 7.0 and newer (SET NX GET) and the way the Store
 // works with older servers (GET and redislock's obtain script), through an
-// Operation without a local cache (Acquire: a replay is the SET alone, no
-// transaction, no PTTL) and with one (AcquireTTL: the SET and a PTTL in a
-// transaction on a miss, and nothing once the record is cached).
+// Operation without a local cache (a replay is the SET alone, no
+// transaction, no PTTL) and with one (Acquire asked for the TTL: the SET
+// and a PTTL in a transaction on a miss, and nothing once the record is
+// cached).
 func TestRoundTrips(t *testing.T) {
 	ctx := context.Background()
 	paths := []struct {
