@@ -149,16 +149,20 @@ func (q *keepQueue) unlink(k *keeper) {
 	k.prev, k.next, k.queued = nil, nil, false
 }
 
-// fire starts the refreshes that are due, each on a goroutine of its own,
-// and, when it is the timer of generation q.gen, arms the next.
+// fire starts the refreshes that are due and, when it is the timer of
+// generation q.gen, arms the next. Each refresh runs on a goroutine of its
+// own, as a timer's callback would, but the last: fire runs on the timer's
+// goroutine, and runs that one itself once q is unlocked.
 func (q *keepQueue) fire(gen uint64) {
 	q.mu.Lock()
-	defer q.mu.Unlock()
 	now := mono()
+	var last *keeper
 	for q.head != nil && q.head.due <= now {
-		k := q.head
-		q.unlink(k)
-		go k.keep()
+		if last != nil {
+			go last.keep()
+		}
+		last = q.head
+		q.unlink(last)
 	}
 	switch {
 	case gen != q.gen: // a newer timer is armed
@@ -166,6 +170,10 @@ func (q *keepQueue) fire(gen uint64) {
 		q.arm(now, q.head.due-now)
 	default:
 		q.armed = false
+	}
+	q.mu.Unlock()
+	if last != nil {
+		last.keep()
 	}
 }
 
