@@ -120,11 +120,21 @@ func TestAttackWaitGoroutines(t *testing.T) {
 	const n = 200
 	release := make(chan struct{})
 	var runs atomic.Int32
-	h := natsadapter.Handler(memstore.New(), func(context.Context, jetstream.Msg) error {
-		runs.Add(1)
-		<-release
-		return nil
-	}, natsadapter.WithOptions(idem.WithLockTTL(60*time.Millisecond), idem.WithWaitTimeout(200*time.Millisecond)))
+	// The first run returns when its context ends (its lease lost, on a
+	// machine too loaded to refresh it in time) as well as when released,
+	// and a second returns at once, so that such a loss fails the test
+	// instead of hanging it.
+	h := natsadapter.Handler(memstore.New(), func(ctx context.Context, _ jetstream.Msg) error {
+		if runs.Add(1) > 1 {
+			return nil
+		}
+		select {
+		case <-release:
+			return nil
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+	}, natsadapter.WithOptions(idem.WithLockTTL(150*time.Millisecond), idem.WithWaitTimeout(300*time.Millisecond)))
 	before := runtime.NumGoroutine()
 	holder := newFake("w1", "pay", true)
 	holderDone := make(chan struct{})
