@@ -55,10 +55,19 @@ func (MsgPack) Name() string { return "msgpack" }
 // stops at values that encode themselves (msgpack.CustomEncoder,
 // msgpack.Marshaler, encoding.BinaryMarshaler, encoding.TextMarshaler,
 // time.Time, error): a cycle inside them is theirs to handle.
+//
+// A value with an AppendMsgpack method encodes itself: see AppendMarshal.
 func (m MsgPack) Marshal(v any) ([]byte, error) { return m.AppendMarshal(nil, v) }
 
 // AppendMarshal appends the encoding of v to dst, as Marshal encodes it and
 // with the same checks, and returns the extended slice.
+//
+// A value with a method AppendMsgpack(dst []byte) ([]byte, error) is
+// encoded by that method, without msgpack/v5's Encoder: it serves a type
+// with a coder registered with msgpack.Register, which MsgPack then calls
+// on the bytes directly, and must append exactly what msgpack/v5 would
+// write for the value. (Unmarshal does the same with a DecodeMsgpackBytes
+// method.)
 func (MsgPack) AppendMarshal(dst []byte, v any) (_ []byte, err error) {
 	if _, err := msgpackDialect.check(v); err != nil {
 		return nil, err
@@ -71,7 +80,11 @@ func (MsgPack) AppendMarshal(dst []byte, v any) (_ []byte, err error) {
 		}
 	}()
 	n := len(dst)
-	dst, err = appendMarshal(dst, v)
+	if a, ok := v.(msgpackAppender); ok {
+		dst, err = a.AppendMsgpack(dst) // see selfcoding.go
+	} else {
+		dst, err = appendMarshal(dst, v)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -96,12 +109,23 @@ func (MsgPack) AppendMarshal(dst []byte, v any) (_ []byte, err error) {
 // probe the first time the type is seen differently from reflection: give
 // a type with a custom decoding a DecodeMsgpack or UnmarshalMsgpack method
 // instead, which the fast path always leaves to msgpack/v5.
+//
+// A pointer to a *T, or a *T, where *T has a method
+// DecodeMsgpackBytes(data []byte) (checked bool, err error) is decoded by
+// that method, without msgpack/v5's Decoder: the method must decode as
+// msgpack/v5 does (see AppendMarshal), and bound its allocations and
+// recursion on any bytes. The check runs after it unless it reports that
+// it read nothing the check could refuse; the error is the same, but on
+// bytes the check refuses, the value v points to may have changed.
 func (MsgPack) Unmarshal(data []byte, v any) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("%w: %v", errMsgpack, r)
 		}
 	}()
+	if d, p, ok := bytesDecoderOf(v); ok { // see selfcoding.go
+		return decodeBytes(data, d, p)
+	}
 	// Flat structs, as msgpack/v5 would decode them: first with known keys
 	// only, which needs no check (see fastUnmarshal), then after the check.
 	if fastUnmarshal(data, v, false) {

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -14,8 +15,8 @@ import (
 // ran; a name with no values is one the handler deleted. Method and Path
 // (escaped) are those of the request that stored it: a response is replayed
 // only to its endpoint, even with signature validation off. With the
-// MessagePack codec, it is encoded by encodeResponse and decoded by
-// decodeResponse (msgpack.go).
+// MessagePack codec, it is encoded and decoded by the functions of
+// msgpack.go and msgpackbytes.go.
 type response struct {
 	Status int
 	Header http.Header
@@ -145,8 +146,8 @@ func bodyAllowed(status int) bool {
 }
 
 // headerChanges returns the entries of h that differ from base, and an empty
-// entry for each name of base that h lacks. The values are copied, into one
-// array shared by the entries.
+// entry for each name of base that h lacks, in a map from headerPool. The
+// values are copied, into one array shared by the entries.
 func headerChanges(base, h http.Header) http.Header {
 	changed, values := 0, 0
 	for k, v := range h {
@@ -163,7 +164,7 @@ func headerChanges(base, h http.Header) http.Header {
 	if changed == 0 {
 		return nil
 	}
-	d := make(http.Header, changed)
+	d := newHeader(changed)
 	all := make([]string, 0, values)
 	for k, v := range h {
 		if !slices.Equal(base[k], v) {
@@ -230,4 +231,35 @@ func storable(resp *response, excluded map[string]bool) *response {
 		}
 	}
 	return &response{Status: resp.Status, Header: h, Body: resp.Body, Method: resp.Method, Path: resp.Path}
+}
+
+// headerPool holds header maps that the middleware made for responses and
+// no longer needs: those of the responses it wrote, whose entries it copied
+// into the ResponseWriter's header (see response.write). The value slices,
+// which that header now holds, are not reused.
+var headerPool sync.Pool
+
+// maxPooledHeader bounds the entries of a map kept in headerPool, since a
+// map keeps the room it grew to.
+const maxPooledHeader = 32
+
+// newHeader returns an empty header map for n entries, from headerPool if
+// it has one.
+func newHeader(n int) http.Header {
+	if n <= maxPooledHeader {
+		if h, ok := headerPool.Get().(http.Header); ok {
+			return h
+		}
+	}
+	return make(http.Header, n)
+}
+
+// recycleHeader puts the header map of resp, which the middleware made and
+// which nothing else holds, back in headerPool once resp was written.
+func (resp *response) recycleHeader() {
+	if h := resp.Header; h != nil && len(h) <= maxPooledHeader {
+		resp.Header = nil
+		clear(h)
+		headerPool.Put(h)
+	}
 }

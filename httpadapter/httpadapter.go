@@ -354,6 +354,7 @@ func (m *middleware) do(w http.ResponseWriter, r *http.Request, next http.Handle
 		}
 		mk.status, mk.unstored = StatusNew, info.Outcome != idem.OutcomeExecuted
 		ran.write(w, mk)
+		ran.recycleHeader()
 	case idem.OutcomeReplayed:
 		if resp == nil || resp.Status < 200 || resp.Status > 999 {
 			m.fail(w, r, fmt.Errorf("%w: invalid stored response", idem.ErrCorruptRecord))
@@ -368,6 +369,7 @@ func (m *middleware) do(w http.ResponseWriter, r *http.Request, next http.Handle
 		}
 		mk.status, mk.replayed = StatusHit, true
 		resp.write(w, mk)
+		resp.recycleHeader() // decoded for this call alone
 	case idem.OutcomeKeyReused:
 		mk.set(w.Header())
 		m.problem(w, r, ProblemKeyReused, "This Idempotency-Key was used with a different request (method, path, query, body or headers).")

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"strconv"
 	"sync"
 	"testing"
@@ -199,5 +200,48 @@ func TestLateUse(t *testing.T) {
 	}
 	if w := serve(k1, "unread body"); w.Body.String() != "first" || w.Header().Get(httpadapter.HeaderStatus) != httpadapter.StatusHit {
 		t.Errorf("replay %q, %s = %q", w.Body, httpadapter.HeaderStatus, w.Header().Get(httpadapter.HeaderStatus))
+	}
+}
+
+// TestReplayedHeadersKept checks that the headers of a response, first
+// sent or replayed, stay as they were while later requests run and replay:
+// the middleware reuses the maps it builds headers in, never the values it
+// hands to the ResponseWriter. Appending to the values of one header leaves
+// the others alone.
+func TestReplayedHeadersKept(t *testing.T) {
+	t.Parallel()
+	h := httpadapter.Middleware(memstore.New())(http.HandlerFunc(pieceEchoHandler))
+	const n = 50
+	keys := make([]string, n)
+	for i := range keys {
+		keys[i] = newKey()
+	}
+	serve := func(i int) http.Header {
+		r := httptest.NewRequest(http.MethodPost, "/echo", bytes.NewReader(pooledBody(i)))
+		r.Header.Set(httpadapter.HeaderKey, keys[i])
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		got := w.Header()
+		if w.Code != http.StatusCreated || got.Get("X-Echo-Len") != strconv.Itoa(len(pooledBody(i))) || got.Get("X-Echo-Key") != keys[i] {
+			t.Fatalf("request %d: status %d, header %v", i, w.Code, got)
+		}
+		return got
+	}
+	var kept []http.Header
+	var want []http.Header
+	for round := range 3 {
+		for i := range n {
+			got := serve(i)
+			kept, want = append(kept, got), append(want, got.Clone())
+			if round > 0 {
+				got["X-Echo-Len"] = append(got["X-Echo-Len"], "appended")
+				want[len(want)-1]["X-Echo-Len"] = append(want[len(want)-1]["X-Echo-Len"], "appended")
+			}
+		}
+	}
+	for i := range kept {
+		if !reflect.DeepEqual(kept[i], want[i]) {
+			t.Errorf("response %d: header changed to\n%v\nfrom\n%v", i, kept[i], want[i])
+		}
 	}
 }
