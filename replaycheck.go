@@ -212,8 +212,7 @@ func sameNativeMaps(a, b reflect.Value) bool {
 	}
 	switch t := a.Type(); {
 	case t.ConvertibleTo(stringMapType): // map[string]string, or a named type of it
-		ma := a.Convert(stringMapType).Interface().(map[string]string)
-		mb := b.Convert(stringMapType).Interface().(map[string]string)
+		ma, mb := asMap[map[string]string](a), asMap[map[string]string](b)
 		for k, va := range ma {
 			if vb, ok := mb[k]; !ok || va != vb {
 				return false
@@ -221,8 +220,7 @@ func sameNativeMaps(a, b reflect.Value) bool {
 		}
 		return true
 	case t.ConvertibleTo(stringSliceMapType): // as http.Header
-		ma := a.Convert(stringSliceMapType).Interface().(map[string][]string)
-		mb := b.Convert(stringSliceMapType).Interface().(map[string][]string)
+		ma, mb := asMap[map[string][]string](a), asMap[map[string][]string](b)
 		for k, va := range ma {
 			vb, ok := mb[k]
 			if !ok || (va == nil) != (vb == nil) || len(va) != len(vb) {
@@ -237,6 +235,21 @@ func sameNativeMaps(a, b reflect.Value) bool {
 		return true
 	}
 	return false
+}
+
+// asMap returns v, a map of a type convertible to M whose value may be
+// taken (CanInterface), as an M. Convert would copy an addressable v to
+// the heap first; a pointer to it converts without a copy.
+func asMap[M any](v reflect.Value) M {
+	if m, ok := reflect.TypeAssert[M](v); ok {
+		return m
+	}
+	if v.CanAddr() {
+		p, _ := reflect.TypeAssert[*M](v.Addr().Convert(reflect.TypeFor[*M]()))
+		return *p
+	}
+	m, _ := reflect.TypeAssert[M](v.Convert(reflect.TypeFor[M]()))
+	return m
 }
 
 func differ(a, b reflect.Value) *diff {
