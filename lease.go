@@ -112,7 +112,8 @@ func (q *keepQueue) add(k *keeper) bool {
 	// takes over, and the old one, if it ever fires, starts what is due
 	// and stops.
 	if !q.armed || q.at > k.due || now > monoAdd(q.at, k.ttl/3) {
-		q.arm(now, k.ttl/3)
+		// For the head, which may be overdue when the timer was lost.
+		q.arm(now, max(q.head.due-now, 0))
 	}
 	return true
 }
