@@ -50,7 +50,8 @@ const (
 var fieldOrder = [...]string{fieldStatus, fieldHeader, fieldBody, fieldMethod, fieldPath}
 
 // encodeResponse writes the response v, as msgpack writes it by reflection
-// but with the header names sorted, so that equal responses encode alike.
+// but with the header names sorted, so that equal responses encode alike:
+// the bytes of AppendMsgpack, which codec.MsgPack calls without an Encoder.
 func encodeResponse(e *msgpack.Encoder, v reflect.Value) error {
 	var resp *response
 	if v.CanAddr() {
@@ -59,87 +60,11 @@ func encodeResponse(e *msgpack.Encoder, v reflect.Value) error {
 		r := v.Interface().(response)
 		resp = &r
 	}
-	w := msgpackWriter{e: e}
-	w.mapLen(5)
-	w.str(fieldStatus)
-	w.int(resp.Status)
-	w.str(fieldHeader)
-	if resp.Header == nil {
-		w.nil()
-	} else {
-		w.header(resp.Header)
+	b, err := resp.AppendMsgpack(nil)
+	if err == nil {
+		_, err = e.Writer().Write(b)
 	}
-	w.str(fieldBody)
-	w.bytes(resp.Body)
-	w.str(fieldMethod)
-	w.str(resp.Method)
-	w.str(fieldPath)
-	w.str(resp.Path)
-	return w.err
-}
-
-// msgpackWriter writes with a msgpack.Encoder, keeping the first error.
-type msgpackWriter struct {
-	e   *msgpack.Encoder
-	err error
-}
-
-// header writes h, its names sorted.
-func (w *msgpackWriter) header(h http.Header) {
-	var small [16]headerField // on the stack for most responses
-	fields := sortedHeader(h, small[:0])
-	w.mapLen(len(fields))
-	for _, f := range fields {
-		w.str(f.name)
-		w.strings(f.values)
-	}
-}
-
-func (w *msgpackWriter) strings(vs []string) {
-	if vs == nil {
-		w.nil()
-		return
-	}
-	w.arrayLen(len(vs))
-	for _, v := range vs {
-		w.str(v)
-	}
-}
-
-func (w *msgpackWriter) mapLen(n int) {
-	if w.err == nil {
-		w.err = w.e.EncodeMapLen(n)
-	}
-}
-
-func (w *msgpackWriter) arrayLen(n int) {
-	if w.err == nil {
-		w.err = w.e.EncodeArrayLen(n)
-	}
-}
-
-func (w *msgpackWriter) str(s string) {
-	if w.err == nil {
-		w.err = w.e.EncodeString(s)
-	}
-}
-
-func (w *msgpackWriter) int(n int) {
-	if w.err == nil {
-		w.err = w.e.EncodeInt(int64(n))
-	}
-}
-
-func (w *msgpackWriter) bytes(b []byte) {
-	if w.err == nil {
-		w.err = w.e.EncodeBytes(b) // nil for nil
-	}
-}
-
-func (w *msgpackWriter) nil() {
-	if w.err == nil {
-		w.err = w.e.EncodeNil()
-	}
+	return err
 }
 
 // decodeResponse reads into the response v what encodeResponse writes, and
