@@ -303,21 +303,11 @@ func (s *Store) setNXGet(ctx context.Context, key, value string, ttl time.Durati
 	}
 }
 
-// setNXGetArgs holds the arguments of one SET key value PX ms NX GET,
-// together with the command's argument list, which points at them: go-redis
-// writes a *string or *int64 as it does a string or int64, and pointers
-// into one allocation spare the boxing of each argument into an interface.
-type setNXGetArgs struct {
-	key, value string
-	ms         int64
-	args       [7]any
-}
-
-// newSetNXGet returns the command SET key value PX ttl NX GET.
+// newSetNXGet returns the command SET key value PX ttl NX GET. Its
+// arguments are plain values, so that go-redis's hooks, logs and traces
+// show them as the command Redis receives.
 func newSetNXGet(ctx context.Context, key, value string, ttl time.Duration) *redis.StringCmd {
-	a := &setNXGetArgs{key: key, value: value, ms: ttl.Milliseconds()}
-	a.args = [7]any{"set", &a.key, &a.value, "px", &a.ms, "nx", "get"}
-	return redis.NewStringCmd(ctx, a.args[:]...)
+	return redis.NewStringCmd(ctx, "set", key, value, "px", ttl.Milliseconds(), "nx", "get")
 }
 
 // remaining is what a PTTL read, or 0 when it was not sent or did not
