@@ -382,23 +382,11 @@ func newReflectMapContents(t reflect.Type) encoderFunc {
 // ranges over the map as a map[string]V, and hands the maps it cannot
 // have as one, those reached through unexported fields, to general.
 func nativeMapContents[V any](t reflect.Type, put func(*canon, V, int) error, general encoderFunc) encoderFunc {
-	mt := reflect.TypeFor[map[string]V]()
-	pt := reflect.TypeFor[*map[string]V]()
-	named := t != mt
 	return func(e *canon, v reflect.Value, depth int) error {
 		if !v.CanInterface() {
 			return general(e, v, depth)
 		}
-		var m map[string]V
-		switch {
-		case !named:
-			m, _ = reflect.TypeAssert[map[string]V](v)
-		case v.CanAddr(): // Convert would copy v to the heap
-			p, _ := reflect.TypeAssert[*map[string]V](v.Addr().Convert(pt))
-			m = *p
-		default:
-			m, _ = reflect.TypeAssert[map[string]V](v.Convert(mt))
-		}
+		m := asMap[map[string]V](v)
 		n := len(m)
 		e.header('m', n)
 		if n > 0 && depth+1 > maxDepth {
