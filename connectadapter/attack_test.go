@@ -403,9 +403,15 @@ func TestAttackKeys(t *testing.T) {
 // interceptor resends the key it set, so a retry after a timeout replays.
 func TestAttackClientRetry(t *testing.T) {
 	t.Parallel()
+	// The first attempt gives up once the handler has started, not after a
+	// fixed delay: under load a fixed 100 ms could end it before the server
+	// took the key, and the retry would then be the first execution.
+	started := make(chan struct{})
+	var once sync.Once
 	a := startAttack(t, memstore.New(),
 		[]connectadapter.Option{connectadapter.WithOptions(idem.WithWaitTimeout(3 * time.Second))},
 		func(ctx context.Context, req *connect.Request[wrapperspb.StringValue]) (*connect.Response[wrapperspb.StringValue], error) {
+			once.Do(func() { close(started) })
 			time.Sleep(300 * time.Millisecond) // ignores ctx: the effect happens
 			return echo(ctx, req)
 		})
@@ -414,9 +420,15 @@ func TestAttackClientRetry(t *testing.T) {
 		return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
 			for attempt := 0; ; attempt++ {
 				keys = append(keys, req.Header().Get(connectadapter.HeaderKey))
-				actx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
-				if attempt == 1 {
-					actx, cancel = context.WithTimeout(ctx, 5*time.Second)
+				actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				if attempt == 0 {
+					go func() {
+						select {
+						case <-started:
+							cancel()
+						case <-actx.Done():
+						}
+					}()
 				}
 				resp, err := next(actx, req)
 				cancel()
