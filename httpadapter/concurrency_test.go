@@ -39,10 +39,15 @@ func (g *gate) handler(h http.HandlerFunc) http.HandlerFunc {
 	}
 }
 
-// sendAsync sends c from another goroutine.
+// sendAsync sends c from another goroutine. The test waits for the send
+// before it ends, so that an error is reported to the test, never after it
+// (the client gives up after 10 s).
 func (e *env) sendAsync(c call) <-chan reply {
 	ch := make(chan reply, 1)
+	done := make(chan struct{})
+	e.t.Cleanup(func() { <-done })
 	go func() {
+		defer close(done)
 		r, err := e.try(c)
 		if err != nil {
 			e.t.Error(err)
@@ -190,18 +195,23 @@ func testConcurrentWait(t *testing.T, newStore newStoreFunc) {
 	e.wantRuns(1)
 }
 
-// testSlowerThanLease runs a handler for four times the lease TTL: the
-// lease is refreshed, so duplicates never run it again.
+// testSlowerThanLease runs a handler for more than twice the lease TTL: the
+// lease is refreshed, so duplicates never run it again. The lease is long
+// enough (1 s) that a loaded machine still refreshes it in time, and the
+// handler runs until the test has sent its duplicates, not for a fixed time,
+// so that slow sends cannot leave too few of them.
 func testSlowerThanLease(t *testing.T, newStore newStoreFunc) {
-	const lease, run = 200 * time.Millisecond, 800 * time.Millisecond
+	const lease = time.Second
 	store := newStore(t)
 	var started atomic.Int64
-	var finished atomic.Bool
+	proceed := make(chan struct{})
 	slow := func(w http.ResponseWriter, r *http.Request) {
 		started.Store(time.Now().UnixNano())
-		time.Sleep(run)
+		select { // ignores r's context: the effect happens
+		case <-proceed:
+		case <-time.After(20 * time.Second):
+		}
 		createHandler(w, r)
-		finished.Store(true)
 	}
 	e := start(t, store, slow, httpadapter.WithOptions(idem.WithLockTTL(lease)))
 	key := newKey()
@@ -211,33 +221,32 @@ func testSlowerThanLease(t *testing.T, newStore newStoreFunc) {
 	}
 	begin := time.Unix(0, started.Load())
 	var dups int
-	for {
-		time.Sleep(lease / 2)
-		if time.Since(begin) > run-lease/2 {
-			break
-		}
+	for dups < 4 || time.Since(begin) < 2*lease {
+		time.Sleep(lease / 4)
 		at := time.Since(begin)
-		r := e.send(call{key: key, body: "{}"})
-		switch {
-		case r.status == http.StatusConflict:
-		case r.header.Get(httpadapter.HeaderStatus) == httpadapter.StatusHit && finished.Load():
-			// Sent late under load: the handler was done by then.
-		default:
+		if r := e.send(call{key: key, body: "{}"}); r.status != http.StatusConflict {
 			t.Errorf("duplicate sent at %v: status %d (%s), want 409 while the handler runs",
 				at, r.status, r.header.Get(httpadapter.HeaderStatus))
 		}
 		dups++
 	}
+	close(proceed)
 	first := <-firstCh
 	wantNew(t, first, http.StatusCreated)
+	if got := first.header.Get(httpadapter.HeaderStored); got != "" {
+		t.Errorf("%s = %q on the first response, want it stored", httpadapter.HeaderStored, got)
+	}
 	wantHit(t, e.send(call{key: key, body: "{}"}), first)
 	e.wantRuns(1)
-	if dups < 4 {
-		t.Errorf("only %d duplicates sent while the handler ran", dups)
-	}
 
 	// A duplicate that waits past the lease TTL gets the response.
-	e = start(t, store, slow, httpadapter.WithOptions(idem.WithLockTTL(lease), idem.WithWaitTimeout(5*time.Second)))
+	const run = 5 * lease / 2
+	slow = func(w http.ResponseWriter, r *http.Request) {
+		started.Store(time.Now().UnixNano())
+		time.Sleep(run)
+		createHandler(w, r)
+	}
+	e = start(t, store, slow, httpadapter.WithOptions(idem.WithLockTTL(lease), idem.WithWaitTimeout(30*time.Second)))
 	started.Store(0)
 	key = newKey()
 	firstCh = e.sendAsync(call{key: key, body: "{}"})

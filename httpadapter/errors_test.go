@@ -201,9 +201,10 @@ func testNamespace(t *testing.T, newStore newStoreFunc) {
 // an in-flight one is not reported as a failure.
 func testClientGone(t *testing.T, newStore newStoreFunc) {
 	g := newGate(t)
-	served := make(chan struct{}, 10)
+	entered, served := make(chan struct{}, 10), make(chan struct{}, 10)
 	signal := func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			entered <- struct{}{}
 			next.ServeHTTP(w, r)
 			served <- struct{}{}
 		})
@@ -214,9 +215,21 @@ func testClientGone(t *testing.T, newStore newStoreFunc) {
 	key := newKey()
 	firstCh := e.sendAsync(call{key: key, body: "{}"})
 	<-g.started
+	<-entered
 
-	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	// The client leaves once its request reached the server, and had a
+	// moment to start waiting: a fixed deadline could end it, on a loaded
+	// machine, before the server ever saw it.
+	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	go func() {
+		select {
+		case <-entered:
+			time.Sleep(50 * time.Millisecond)
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, e.url+"/orders", strings.NewReader("{}"))
 	if err != nil {
 		t.Fatal(err)
