@@ -26,14 +26,17 @@ func TestCleanupContext(t *testing.T) {
 	if d, ok := c.Deadline(); !ok || time.Until(d) > 30*time.Millisecond {
 		t.Errorf("Deadline = %v, %v", d, ok)
 	}
+	// Done closes no earlier than the deadline (read from the clock, not
+	// raced against other timers, which a loaded machine may fire late).
+	deadline, _ := c.Deadline()
 	select {
 	case <-c.Done():
-		t.Fatal("Done closed before the deadline")
-	case <-time.After(100 * time.Millisecond):
+		if now := time.Now(); now.Before(deadline) {
+			t.Fatalf("Done closed %v before the deadline", deadline.Sub(now))
+		}
+	case <-time.After(5 * time.Second):
 		t.Fatal("Done not closed at the deadline")
-	case <-time.After(10 * time.Millisecond):
 	}
-	<-c.Done()
 	if !errors.Is(c.Err(), context.DeadlineExceeded) {
 		t.Errorf("Err after the deadline = %v", c.Err())
 	}

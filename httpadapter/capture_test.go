@@ -231,8 +231,9 @@ func testWithDisposition(t *testing.T, newStore newStoreFunc) {
 	wantHit(t, e.send(call{key: key, path: "/status/400"}), first)
 
 	// Hold: sent as not stored, and the key refused with 409 until the
-	// lease expires; then the handler runs again.
-	const lockTTL = 300 * time.Millisecond
+	// lease expires; then the handler runs again. The lease is long enough
+	// for a loaded machine to send the 409 probe within it.
+	const lockTTL = time.Second
 	e = start(t, store, statusHandler(),
 		httpadapter.WithDisposition(func(status int) idem.Disposition {
 			if status == http.StatusGatewayTimeout {
@@ -247,8 +248,13 @@ func testWithDisposition(t *testing.T, newStore newStoreFunc) {
 	wantUnstored(t, held)
 	wantProblem(t, e.send(call{key: key, path: "/status/504"}), http.StatusConflict, httpadapter.ProblemInFlight)
 	e.wantRuns(1)
-	time.Sleep(lockTTL + 100*time.Millisecond)
-	wantNew(t, e.send(call{key: key, path: "/status/504"}), http.StatusGatewayTimeout)
+	time.Sleep(lockTTL)
+	r = e.send(call{key: key, path: "/status/504"})
+	for deadline := time.Now().Add(10 * time.Second); r.status == http.StatusConflict && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+		r = e.send(call{key: key, path: "/status/504"})
+	}
+	wantNew(t, r, http.StatusGatewayTimeout)
 	e.wantRuns(2)
 }
 

@@ -18,10 +18,18 @@ import (
 	"github.com/idemkit/idem/memstore"
 )
 
+// abandonKey is the context key under which sendAbandoned passes the
+// handler its client's cancel function.
+type abandonKey struct{}
+
 // abandoningHandler waits for its request's context to end, as a handler
 // whose client timed out does, and returns without writing; it answers 201
-// when the context stays live.
+// when the context stays live. For a request from sendAbandoned, the client
+// gives up as the handler starts.
 func abandoningHandler(w http.ResponseWriter, r *http.Request) {
+	if leave, ok := r.Context().Value(abandonKey{}).(context.CancelFunc); ok {
+		leave()
+	}
 	select {
 	case <-r.Context().Done():
 		return // gave up: no response written
@@ -31,12 +39,14 @@ func abandoningHandler(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// sendAbandoned sends a request with key that the client abandons after
-// 50 ms, and returns once the middleware answered it.
+// sendAbandoned sends a request with key that the client abandons once the
+// handler started, and returns once the middleware answered it. (A fixed
+// deadline could end it, on a loaded machine, before the handler ran.)
 func sendAbandoned(t *testing.T, h http.Handler, key string) http.Header {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	ctx = context.WithValue(ctx, abandonKey{}, cancel)
 	req := httptest.NewRequestWithContext(ctx, http.MethodPost, "/orders", strings.NewReader("{}"))
 	req.Header.Set(httpadapter.HeaderKey, key)
 	rec := httptest.NewRecorder()

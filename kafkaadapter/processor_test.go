@@ -333,7 +333,9 @@ func TestRetries(t *testing.T) {
 
 	slow := kafkaadapter.New(memstore.New(), "g", func(context.Context, *kgo.Record) error { return fail },
 		kafkaadapter.WithRetries(5, time.Hour, time.Hour))
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	// Long enough for the first attempt to run on a loaded machine; the
+	// hour's backoff then outlasts it.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	start := time.Now()
 	res = slow.Process(ctx, at(rec("k", "v"), 0))
