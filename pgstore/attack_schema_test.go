@@ -315,21 +315,42 @@ func TestAttackQueryExecModes(t *testing.T) {
 			for i := range all {
 				all[i] = byte(i)
 			}
-			op := idem.New[string, []byte](s, idem.WithLockTTL(90*time.Millisecond))
+			// fn runs until its lease has been refreshed, so that the
+			// refresh's statement runs in each mode too; one that fails
+			// leaves the lease to expire, which cancels fn and fails Do.
+			// The TTL gives each refresh a third of it, enough on a
+			// loaded machine.
+			refreshed := map[string]chan struct{}{"do": make(chan struct{}, 1), "tx": make(chan struct{}, 1)}
+			op := idem.New[string, []byte](s, idem.WithLockTTL(600*time.Millisecond), idem.WithObserver(&idem.Observer{
+				LeaseRefresh: func(_ context.Context, c idem.Call, err error) {
+					if err == nil {
+						select {
+						case refreshed[c.Key] <- struct{}{}:
+						default:
+						}
+					}
+				},
+			}))
 			var runs int
-			fn := func(context.Context, pgx.Tx, string) ([]byte, error) {
+			fn := func(ctx context.Context, key string) ([]byte, error) {
 				runs++
-				time.Sleep(40 * time.Millisecond) // a refresh
-				return all, nil
+				select {
+				case <-refreshed[key]:
+					return all, nil
+				case <-ctx.Done():
+					return nil, context.Cause(ctx)
+				case <-time.After(10 * time.Second):
+					return nil, errors.New("the lease was not refreshed")
+				}
 			}
 			for _, key := range []string{"do", "tx"} {
 				for range 2 {
 					var got []byte
 					var err error
 					if key == "do" {
-						got, err = op.Do(ctx, key, "r", func(ctx context.Context, r string) ([]byte, error) { return fn(ctx, nil, r) })
+						got, err = op.Do(ctx, key, "r", func(ctx context.Context, _ string) ([]byte, error) { return fn(ctx, key) })
 					} else {
-						got, err = pgstore.DoTx(ctx, op, key, "r", fn)
+						got, err = pgstore.DoTx(ctx, op, key, "r", func(ctx context.Context, _ pgx.Tx, _ string) ([]byte, error) { return fn(ctx, key) })
 					}
 					if err != nil || string(got) != string(all) {
 						t.Fatalf("%s: %x, %v", key, got, err)

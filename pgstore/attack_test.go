@@ -88,7 +88,9 @@ func TestAttackDoTxRawRollback(t *testing.T) {
 		t.Run(end, func(t *testing.T) {
 			s := orderStore(t, 4)
 			ctx := ctxFor(t)
-			op := idem.New[order, receipt](s, idem.WithLockTTL(300*time.Millisecond))
+			// A lease long enough that a loaded machine's retry "at
+			// once" still finds it.
+			op := idem.New[order, receipt](s, idem.WithLockTTL(2*time.Second))
 			fn := func(ctx context.Context, tx pgx.Tx, o order) (receipt, error) {
 				r, err := insertOrder(ctx, tx, o)
 				if err != nil {
@@ -187,13 +189,19 @@ func TestAttackDoTxIsolationSaysLeaseLost(t *testing.T) {
 		t.Run(level, func(t *testing.T) {
 			s := orderStore(t, 4)
 			ctx := ctxFor(t)
-			op := idem.New[order, receipt](s, idem.WithLockTTL(150*time.Millisecond))
+			// The lease's refreshes (each given a third of the TTL) must
+			// get through on a loaded machine: the lease stays this
+			// call's throughout, and only the snapshot is stale.
+			op := idem.New[order, receipt](s, idem.WithLockTTL(600*time.Millisecond))
 			_, err := pgstore.DoTx(ctx, op, "k", order{ID: "o1"}, func(ctx context.Context, tx pgx.Tx, o order) (receipt, error) {
 				if _, err := tx.Exec(ctx, `SET TRANSACTION ISOLATION LEVEL `+level); err != nil {
 					return receipt{}, err
 				}
-				r, err := insertOrder(ctx, tx, o)
-				time.Sleep(200 * time.Millisecond) // refreshed at 50, 100, 150ms
+				r, err := insertOrder(ctx, tx, o) // takes the snapshot
+				// Refreshed at 200, 400, 600ms; fn outlives by 200ms
+				// the expiry its snapshot saw, a TTL from the last
+				// refresh before it at the latest.
+				time.Sleep(800 * time.Millisecond)
 				return r, err
 			})
 			live := countRows(t, s, `SELECT count(*) FROM idem_records WHERE record IS NULL AND expires_at > clock_timestamp()`)
@@ -235,8 +243,10 @@ func TestAttackLeaseEdges(t *testing.T) {
 	acquire("expired", time.Minute) // free
 
 	// After Commit, Refresh neither revives a lease nor moves the expiry.
+	// The record's TTL is long enough to outlast, on a loaded machine,
+	// the round trips that need it live; it is then waited out.
 	l = acquire("committed", time.Minute)
-	if err := l.Commit(ctx, []byte("r"), 50*time.Millisecond); err != nil {
+	if err := l.Commit(ctx, []byte("r"), time.Second); err != nil {
 		t.Fatal(err)
 	}
 	if err := l.Refresh(ctx, time.Hour); !errors.Is(err, idem.ErrLeaseLost) {
@@ -245,8 +255,7 @@ func TestAttackLeaseEdges(t *testing.T) {
 	if err := l.Commit(ctx, []byte("r"), time.Hour); err != nil {
 		t.Errorf("Commit repeated = %v", err)
 	}
-	time.Sleep(80 * time.Millisecond)
-	acquire("committed", time.Minute) // the record's own TTL ended it
+	acquireOnceExpired(t, s, "committed", 10*time.Second) // the record's own TTL ended it
 
 	// Two centuries: no overflow in the milliseconds nor in the interval,
 	// and the replay's TTL says so.

@@ -160,7 +160,9 @@ func TestDoTxHoldRollsBack(t *testing.T) {
 	s := orderStore(t, 4)
 	ctx := ctxFor(t)
 	timeout := errors.New("downstream timeout")
-	op := idem.New[order, receipt](s, idem.WithLockTTL(300*time.Millisecond), idem.WithDisposition(func(err error) idem.Disposition {
+	// A lease long enough that a loaded machine's retry "at once" still
+	// finds it; the test then waits it out by polling.
+	op := idem.New[order, receipt](s, idem.WithLockTTL(2*time.Second), idem.WithDisposition(func(err error) idem.Disposition {
 		if errors.Is(err, timeout) {
 			return idem.Hold
 		}
@@ -179,8 +181,15 @@ func TestDoTxHoldRollsBack(t *testing.T) {
 	if _, err := pgstore.DoTx(ctx, op, "k", o, insertOrder); !errors.Is(err, idem.ErrInFlight) {
 		t.Fatalf("retry while held = %v, want ErrInFlight", err)
 	}
-	time.Sleep(350 * time.Millisecond)
-	if _, err := pgstore.DoTx(ctx, op, "k", o, insertOrder); err != nil || orders(t, s) != 1 {
+	// Once the lease expires, a retry runs fn. Retry until then, for
+	// far longer than the lease: only a hold that outlives it fails.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		_, err = pgstore.DoTx(ctx, op, "k", o, insertOrder)
+		if !errors.Is(err, idem.ErrInFlight) || time.Now().After(deadline) {
+			break
+		}
+	}
+	if err != nil || orders(t, s) != 1 {
 		t.Fatalf("retry after the hold = %v, %d orders", err, orders(t, s))
 	}
 }
@@ -438,7 +447,9 @@ func TestDoTxSQLCommitThenError(t *testing.T) {
 	// released for a retry that writes again.
 	s := orderStore(t, 4)
 	ctx := ctxFor(t)
-	op := idem.New[order, receipt](s, idem.WithLockTTL(300*time.Millisecond))
+	// A lease long enough that a loaded machine's retry "at once" still
+	// finds it.
+	op := idem.New[order, receipt](s, idem.WithLockTTL(2*time.Second))
 	var runs atomic.Int32
 	fn := func(ctx context.Context, tx pgx.Tx, o order) (receipt, error) {
 		runs.Add(1)
@@ -464,18 +475,41 @@ func TestDoTxPoolExhausted(t *testing.T) {
 	// Two DoTx calls at once on a pool of 2: their transactions hold both
 	// connections, their leases cannot be refreshed, and both lose them,
 	// told and with nothing kept. A pool of 3 serves them.
+	//
+	// fn holds its transaction for twice the lease TTL: a lease not
+	// refreshed is lost by then. The TTL is long enough that a loaded
+	// machine's stalls do not lose a lease that can be refreshed (pool=3),
+	// and that both calls are in their transactions well before a lease
+	// can expire (pool=2). A fn whose lease was lost keeps its transaction,
+	// and so its connection, until the other's lease is lost too: giving
+	// it back would let the other's refreshes through.
+	const lockTTL = time.Second
 	for _, size := range []int32{2, 3} {
 		t.Run(fmt.Sprint("pool=", size), func(t *testing.T) {
 			s := orderStore(t, size)
 			ctx := ctxFor(t)
-			op := idem.New[order, receipt](s, idem.WithLockTTL(150*time.Millisecond))
+			op := idem.New[order, receipt](s, idem.WithLockTTL(lockTTL))
+			var lost atomic.Int32
+			allLost := make(chan struct{})
 			var wg sync.WaitGroup
 			errs := make([]error, 2)
 			for i, id := range []string{"a", "b"} {
 				wg.Go(func() {
 					_, errs[i] = pgstore.DoTx(ctx, op, id, order{ID: id}, func(ctx context.Context, tx pgx.Tx, o order) (receipt, error) {
 						r, err := insertOrder(ctx, tx, o)
-						time.Sleep(300 * time.Millisecond)
+						held := time.NewTimer(2 * lockTTL)
+						defer held.Stop()
+						select {
+						case <-held.C:
+						case <-ctx.Done():
+							if lost.Add(1) == 2 {
+								close(allLost)
+							}
+							select {
+							case <-held.C:
+							case <-allLost:
+							}
+						}
 						return r, err
 					})
 				})

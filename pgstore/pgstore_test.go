@@ -263,19 +263,49 @@ func TestSmallPoolManyWaiters(t *testing.T) {
 	}
 }
 
+// acquireOnceExpired polls Acquire of key until it grants a lease, and
+// fails t when none is granted within limit: it waits out a lease or
+// record that is to expire, for as long as that takes and no longer, so
+// that a TTL long enough for a loaded machine costs only itself.
+func acquireOnceExpired(t testing.TB, s *pgstore.Store, key string, limit time.Duration) {
+	t.Helper()
+	ctx := ctxFor(t)
+	for deadline := time.Now().Add(limit); ; time.Sleep(10 * time.Millisecond) {
+		acq, err := s.Acquire(ctx, key, "fp-after", time.Minute)
+		switch {
+		case err != nil:
+			t.Fatalf("Acquire(%s) = %v", key, err)
+		case acq.Lease != nil:
+			return
+		case time.Now().After(deadline):
+			t.Fatalf("Acquire(%s) = %+v %v after it should have expired", key, acq, limit)
+		}
+	}
+}
+
 func TestSubSecondLeaseExpires(t *testing.T) {
+	// A lease shorter than a second is kept to the millisecond: not
+	// truncated to nothing, nor rounded up to a whole second. 800ms, for
+	// the second Acquire to land within it on a loaded machine.
+	const ttl = 800 * time.Millisecond
 	s := newStore(t, 4)
 	ctx := ctxFor(t)
-	if _, err := s.Acquire(ctx, "k", "fp", 150*time.Millisecond); err != nil {
+	if _, err := s.Acquire(ctx, "k", "fp", ttl); err != nil {
 		t.Fatal(err)
 	}
 	if acq, err := s.Acquire(ctx, "k", "fp", time.Minute); err != nil || acq.Holder != "fp" {
 		t.Fatalf("Acquire while leased = %+v, %v", acq, err)
 	}
-	time.Sleep(200 * time.Millisecond)
-	if acq, err := s.Acquire(ctx, "k", "fp2", time.Minute); err != nil || acq.Lease == nil {
-		t.Fatalf("Acquire after the lease expired = %+v, %v", acq, err)
+	// It ends within ttl of now by the database's clock, not a whole
+	// second after it was granted: a stall of the test's cannot fail this.
+	var leftMs float64
+	if err := s.Pool().QueryRow(ctx, `SELECT extract(epoch FROM expires_at - clock_timestamp())::float8 * 1000 FROM idem_records WHERE key = 'k'`).Scan(&leftMs); err != nil {
+		t.Fatal(err)
 	}
+	if leftMs > float64(ttl/time.Millisecond) {
+		t.Errorf("the lease of %v ends in %.0fms", ttl, leftMs)
+	}
+	acquireOnceExpired(t, s, "k", 10*time.Second)
 }
 
 // countingTracer counts the statements each pool sends, by their first
