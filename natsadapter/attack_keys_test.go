@@ -119,12 +119,15 @@ func TestAttackInvalidOptions(t *testing.T) {
 func TestAttackWaitGoroutines(t *testing.T) {
 	const n = 200
 	release := make(chan struct{})
+	var releaseOnce sync.Once
+	finish := func() { releaseOnce.Do(func() { close(release) }) }
+	defer finish() // a failed test must not leave the holder running
 	var runs atomic.Int32
 	// The first run returns when its context ends (its lease lost, on a
 	// machine too loaded to refresh it in time) as well as when released,
 	// and a second returns at once, so that such a loss fails the test
 	// instead of hanging it.
-	h := natsadapter.Handler(memstore.New(), func(ctx context.Context, _ jetstream.Msg) error {
+	fn := func(ctx context.Context, _ jetstream.Msg) error {
 		if runs.Add(1) > 1 {
 			return nil
 		}
@@ -134,13 +137,22 @@ func TestAttackWaitGoroutines(t *testing.T) {
 		case <-ctx.Done():
 			return context.Cause(ctx)
 		}
-	}, natsadapter.WithOptions(idem.WithLockTTL(150*time.Millisecond), idem.WithWaitTimeout(300*time.Millisecond)))
-	before := runtime.NumGoroutine()
+	}
+	store := memstore.New()
+	// The holder's lease of 2 s outlives stalls of a loaded machine. The
+	// duplicates' lock TTL of 150 ms has them send InProgress every 50 ms
+	// while they wait: in the first wave for 1 s, long enough to send it
+	// more than once on a loaded machine; in the second until the
+	// attempt finishes, which it does once every duplicate waits.
 	holder := newFake("w1", "pay", true)
+	hHolder := natsadapter.Handler(store, fn, natsadapter.WithOptions(idem.WithLockTTL(2*time.Second)))
+	hTimeout := natsadapter.Handler(store, fn, natsadapter.WithOptions(idem.WithLockTTL(150*time.Millisecond), idem.WithWaitTimeout(time.Second)))
+	hFinish := natsadapter.Handler(store, fn, natsadapter.WithOptions(idem.WithLockTTL(150*time.Millisecond), idem.WithWaitTimeout(10*time.Second)))
+	before := runtime.NumGoroutine()
 	holderDone := make(chan struct{})
-	go func() { defer close(holderDone); h(holder) }()
-	waitFor(t, "fn to start", 2*time.Second, func() bool { return runs.Load() == 1 })
-	wave := func(mid func()) []*recMsg {
+	go func() { defer close(holderDone); hHolder(holder) }()
+	waitFor(t, "fn to start", 5*time.Second, func() bool { return runs.Load() == 1 })
+	wave := func(h jetstream.MessageHandler, mid func([]*recMsg)) []*recMsg {
 		msgs := make([]*recMsg, n)
 		var wg sync.WaitGroup
 		for i := range msgs {
@@ -149,26 +161,40 @@ func TestAttackWaitGoroutines(t *testing.T) {
 			go func() { defer wg.Done(); h(msgs[i]) }()
 		}
 		if mid != nil {
-			mid()
+			mid(msgs)
 		}
 		wg.Wait()
 		return msgs
 	}
-	for i, m := range wave(nil) {
-		if !m.is("nak") || m.progress.Load() < 3 {
+	for i, m := range wave(hTimeout, nil) {
+		if !m.is("nak") || m.progress.Load() < 2 {
 			t.Fatalf("waiting duplicate %d past the wait timeout: %v, %d InProgress; want [nak] and several", i, m.actions(), m.progress.Load())
 		}
 	}
-	for i, m := range wave(func() { time.Sleep(50 * time.Millisecond); close(release) }) {
+	for i, m := range wave(hFinish, func(msgs []*recMsg) {
+		waitFor(t, "every duplicate to wait, sending InProgress", 5*time.Second, func() bool {
+			for _, m := range msgs {
+				if m.progress.Load() == 0 {
+					return false
+				}
+			}
+			return true
+		})
+		finish()
+	}) {
 		if !m.is("ack") {
 			t.Fatalf("duplicate %d waiting when the attempt finished: %v, want [ack]", i, m.actions())
 		}
 	}
-	<-holderDone
+	select {
+	case <-holderDone:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the holder did not return")
+	}
 	if runs.Load() != 1 || !holder.is("ack") {
 		t.Errorf("fn ran %d times, holder %v", runs.Load(), holder.actions())
 	}
-	waitFor(t, fmt.Sprintf("goroutines back to %d", before), 2*time.Second, func() bool { return runtime.NumGoroutine() <= before })
+	waitFor(t, fmt.Sprintf("goroutines back to %d", before), 5*time.Second, func() bool { return runtime.NumGoroutine() <= before })
 }
 
 // TestAttackKeys: what the handler does with keys it cannot use, and with

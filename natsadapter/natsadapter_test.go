@@ -154,19 +154,23 @@ func TestDuplicatePublishPastWindow(t *testing.T) {
 func TestSlowFnTwoWorkers(t *testing.T) {
 	for _, store := range []string{"memstore", "redis"} {
 		t.Run(store, func(t *testing.T) {
+			t.Parallel() // the subtests mostly sleep: overlapped, they cost one's wall time
 			var s idem.Store = memstore.New()
 			if store == "redis" {
 				s = redisstore.New(redistest.Single(t), redisstore.WithPrefix(fmt.Sprint("nats:", time.Now().UnixNano(), ":")))
 			}
-			// fn takes longer than AckWait; the lease is refreshed every
-			// 100 ms, and each refresh tells JetStream the message is in
-			// progress, so no other worker gets it.
-			js, cons, subject := setup(t, 500*time.Millisecond)
+			// fn takes longer than AckWait and the lock TTL; the lease is
+			// refreshed every 300 ms, and each refresh tells JetStream the
+			// message is in progress, so no other worker gets it. The
+			// margins (a lease lost after 900 ms without a refresh, a
+			// redelivery after 1.5 s without InProgress) outlast stalls
+			// of a loaded machine.
+			js, cons, subject := setup(t, 1500*time.Millisecond)
 			var runs counter
 			fn := func(ctx context.Context, msg jetstream.Msg) error {
 				runs.add(msg.Data())
 				select {
-				case <-time.After(900 * time.Millisecond):
+				case <-time.After(2 * time.Second):
 					return nil
 				case <-ctx.Done():
 					return ctx.Err()
@@ -174,7 +178,7 @@ func TestSlowFnTwoWorkers(t *testing.T) {
 			}
 			var deliveries counter
 			opts := []natsadapter.Option{
-				natsadapter.WithOptions(idem.WithLockTTL(300 * time.Millisecond)),
+				natsadapter.WithOptions(idem.WithLockTTL(900 * time.Millisecond)),
 				natsadapter.WithKey(countDeliveries(&deliveries)),
 			}
 			for range 2 {
@@ -183,7 +187,7 @@ func TestSlowFnTwoWorkers(t *testing.T) {
 			for i := range 3 {
 				publish(t, js, subject, natsadapter.DefaultKeyHeader, fmt.Sprint("m", i), fmt.Sprint("payload ", i))
 			}
-			settled(t, cons, 10*time.Second)
+			settled(t, cons, 20*time.Second)
 			for i := range 3 {
 				p := fmt.Sprint("payload ", i)
 				if n := runs.get(p); n != 1 {
