@@ -365,13 +365,16 @@ func TestAttackNATSRestart(t *testing.T) {
 	proceed := map[string]chan struct{}{"restart during fn": make(chan struct{}), "down at the ack": make(chan struct{})}
 	var mu sync.Mutex
 	var errs []error
+	// A lease of 1 s survives the stalls of a loaded machine (a lost one
+	// would rightly run fn again) and is refreshed, with an InProgress,
+	// well within the AckWait of 2 s.
 	consume(t, env.cons, natsadapter.Handler(memstore.New(), func(_ context.Context, msg jetstream.Msg) error {
 		if runs.add(msg.Data()) == 1 {
 			started <- string(msg.Data())
 			<-proceed[string(msg.Data())]
 		}
 		return nil
-	}, natsadapter.WithOptions(idem.WithLockTTL(300*time.Millisecond)), natsadapter.WithOnError(hookErr(&errs, &mu))))
+	}, natsadapter.WithOptions(idem.WithLockTTL(time.Second)), natsadapter.WithOnError(hookErr(&errs, &mu))))
 
 	pub(t, env.js, env.subject, []byte("restart during fn"), natsadapter.DefaultKeyHeader, "r1")
 	<-started
