@@ -17,10 +17,11 @@ import (
 )
 
 // faultClient returns a client of s that gives up quickly, as a service
-// with tight timeouts would.
+// with tight timeouts would: a dead server is refused at once, and a live
+// one on a loaded machine still answers in time.
 func faultClient(t *testing.T, s *redistest.Server) *redis.Client {
 	o := redistest.Options(s.Addr)
-	o.DialTimeout, o.ReadTimeout, o.WriteTimeout = 300*time.Millisecond, 300*time.Millisecond, 300*time.Millisecond
+	o.DialTimeout, o.ReadTimeout, o.WriteTimeout = time.Second, time.Second, time.Second
 	o.MaxRetries = -1
 	o.DialerRetries = 1
 	c := redis.NewClient(o)
@@ -93,8 +94,13 @@ func TestRedisDiesDuringFn(t *testing.T) {
 	t.Parallel()
 	srv := redistest.StartSingle(t)
 	h := newHarness(t)
+	// The lease TTL bounds the commit's retries, and thus this test's
+	// length, but must be long enough that on a loaded machine the Acquire
+	// comes within a third of it, or else the refresh before fn, given a
+	// third of it, succeeds: a Do that fails there returns a store error
+	// of acquire or refresh, before fn.
 	op := idem.New[string, int](redisstore.New(faultClient(t, srv), redisstore.WithPrefix(uniquePrefix(t))),
-		idem.WithNamespace("pay"), idem.WithObserver(h.obs), idem.WithLockTTL(300*time.Millisecond))
+		idem.WithNamespace("pay"), idem.WithObserver(h.obs), idem.WithLockTTL(time.Second))
 	_, info, err := op.DoInfo(context.Background(), k1, "a", func(context.Context, string) (int, error) {
 		srv.Kill()
 		return 1, nil

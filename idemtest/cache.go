@@ -141,47 +141,59 @@ func testLocalCacheSmall(t *testing.T, e *env) {
 // committed it, and one cached from the store by another, expire with the
 // stored record: the key then executes afresh.
 func testLocalCacheExpires(t *testing.T, e *env) {
-	// A loaded machine can stretch the sleeps past the TTL, which would
-	// test nothing: such a round is run again, with a fresh key, and only
-	// a round whose timing held can fail.
-	for round := range 3 {
+	// A loaded machine can stretch the calls and sleeps past the TTL, which
+	// would test nothing: such a round is run again, with a fresh key, and
+	// only a round whose timing held can fail.
+	const rounds = 5
+	for round := range rounds {
 		if localCacheExpiresRound(t, e, round) {
 			return
 		}
 	}
-	t.Fatal("three rounds in a row were too slow to check the TTL: the machine is overloaded")
+	t.Fatalf("%d rounds in a row were too slow to check the TTL: the machine is overloaded", rounds)
 }
 
 // localCacheExpiresRound runs testLocalCacheExpires once, and reports
 // whether its timing held.
 func localCacheExpiresRound(t *testing.T, e *env, round int) bool {
-	const ttl = 300 * time.Millisecond
+	// Long enough that the replays half-way through it come in time on a
+	// loaded machine.
+	const ttl = 800 * time.Millisecond
 	a := idem.New[string, int](e.store, idem.WithTTL(ttl), idem.WithLocalCache(8))
 	b := idem.New[string, int](e.store, idem.WithTTL(ttl), idem.WithLocalCache(8))
 	k := e.key("k", fmt.Sprint(round))
 	var runs atomic.Int64
 	fn := func(context.Context, string) (int, error) { return int(runs.Add(1)), nil }
+	// The record, and every copy of it cached, lives until ttl after began
+	// at least, and ttl after committed at most (plus the store's rounding
+	// up, under a millisecond).
 	began := time.Now()
 	if v, err := a.Do(ctxFor(t), k, "r", fn); err != nil || v != 1 {
 		t.Fatalf("first: %d, %v", v, err)
 	}
-	time.Sleep(ttl / 2)
+	committed := time.Now()
+	time.Sleep(time.Until(began.Add(ttl / 2)))
 	// b learns of the record half-way through its life: its copy must
 	// expire with the record, not a TTL after b learned of it.
 	for _, op := range []*idem.Operation[string, int]{a, b} {
 		v, err := op.Do(ctxFor(t), k, "r", fn)
-		if time.Since(began) > ttl*4/5 {
+		if time.Since(began) > ttl*9/10 {
 			return false // too late to tell a replay from an expiry
 		}
 		if err != nil || v != 1 {
 			t.Fatalf("replay: %d, %v; want 1", v, err)
 		}
 	}
-	time.Sleep(ttl/2 + 50*time.Millisecond)
+	time.Sleep(time.Until(committed.Add(ttl + 50*time.Millisecond)))
+	again := time.Now() // b's new record lives until ttl after this, at least
 	if v, err := b.Do(ctxFor(t), k, "r", fn); err != nil || v != 2 {
 		t.Fatalf("after the record's TTL, through the Operation that cached it from the store: %d, %v; want 2, executed afresh", v, err)
 	}
-	if v, err := a.Do(ctxFor(t), k, "r", fn); err != nil || v != 2 {
+	v, err := a.Do(ctxFor(t), k, "r", fn)
+	if time.Since(again) >= ttl {
+		return false // b's record may have expired too
+	}
+	if err != nil || v != 2 {
 		t.Fatalf("after the TTL, through the Operation that committed: %d, %v; want b's 2", v, err)
 	}
 	return true

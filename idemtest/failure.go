@@ -3,6 +3,7 @@ package idemtest
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -120,9 +121,11 @@ func testPanic(t *testing.T, e *env) {
 }
 
 func testLongFn(t *testing.T, e *env) {
-	// Long enough that refreshes keep up on a loaded 2-core machine under
-	// -race, short enough that fn outlives several leases.
-	const lockTTL = 300 * time.Millisecond
+	// Long enough, as in testRefresh, that refreshes (sent every third of
+	// it, each given a third of it) keep up on a loaded 2-core machine
+	// under -race, and so does the refresh before fn that a slow Acquire
+	// calls for; fn outlives two and a half such leases.
+	const lockTTL = time.Second
 	op := idem.New[string, int](e.store, idem.WithLockTTL(lockTTL))
 	key := e.key("k")
 	var runs atomic.Int32
@@ -132,7 +135,7 @@ func testLongFn(t *testing.T, e *env) {
 		_, err := op.Do(ctxFor(t), key, "r", func(ctx context.Context, _ string) (int, error) {
 			runs.Add(1)
 			select {
-			case <-time.After(4 * lockTTL):
+			case <-time.After(5 * lockTTL / 2):
 				return 1, nil
 			case <-ctx.Done():
 				return 0, context.Cause(ctx)
@@ -161,13 +164,17 @@ func testLongFn(t *testing.T, e *env) {
 	}
 }
 
-// stalledStore hands out leases whose Refresh claims success but does
-// nothing, as when a refresher is starved: the lease then expires while fn
-// runs.
-type stalledStore struct{ idem.Store }
+// stalledStore hands out leases that live for leaseTTL in the store,
+// whatever the Operation asked for, and whose Refresh claims success but
+// does nothing, as when a refresher is starved: the lease then expires
+// while fn runs, and the Operation holding it does not know.
+type stalledStore struct {
+	idem.Store
+	leaseTTL time.Duration
+}
 
-func (s stalledStore) Acquire(ctx context.Context, key, fp string, ttl time.Duration) (idem.Acquisition, error) {
-	a, err := s.Store.Acquire(ctx, key, fp, ttl)
+func (s stalledStore) Acquire(ctx context.Context, key, fp string, _ time.Duration) (idem.Acquisition, error) {
+	a, err := s.Store.Acquire(ctx, key, fp, s.leaseTTL)
 	if a.Lease != nil {
 		a.Lease = stalledLease{a.Lease}
 	}
@@ -179,10 +186,14 @@ type stalledLease struct{ idem.Lease }
 func (stalledLease) Refresh(context.Context, time.Duration) error { return nil }
 
 func testLostLease(t *testing.T, e *env) {
-	const lockTTL = 60 * time.Millisecond
 	key := e.key("k")
-	stalled := idem.New[string, string](stalledStore{e.store}, idem.WithLockTTL(lockTTL))
-	op := idem.New[string, string](e.store, idem.WithLockTTL(lockTTL))
+	// The stalled holder's lease expires in the store after 60 ms, but its
+	// Operation has a lock TTL long enough that its Commit, which is given
+	// that long, gets its answer (ErrLeaseLost) in time on a loaded
+	// machine. The new owner's is long too, so that its Acquire, fn and
+	// Commit never race its own lease's expiry: the stalled one is tested.
+	stalled := idem.New[string, string](stalledStore{e.store, 60 * time.Millisecond}, idem.WithLockTTL(10*time.Second))
+	op := idem.New[string, string](e.store, idem.WithLockTTL(time.Minute))
 	started, takenOver := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(takenOver)
@@ -263,23 +274,53 @@ func testWaiterTakesOver(t *testing.T, e *env) {
 	}
 }
 
+// testResultExpires checks that a result is replayed for the TTL, and that
+// the key executes afresh once its record expired.
 func testResultExpires(t *testing.T, e *env) {
-	op := idem.New[string, int](e.store, idem.WithTTL(60*time.Millisecond))
-	key := e.key("k")
+	// A loaded machine can delay a replay past the TTL, which would test
+	// nothing: such a round is run again, with a fresh key, and only a
+	// round whose timing held can fail.
+	for round := range 3 {
+		if resultExpiresRound(t, e, round) {
+			return
+		}
+	}
+	t.Fatal("three rounds in a row were too slow to check the TTL: the machine is overloaded")
+}
+
+// resultExpiresRound runs testResultExpires once, and reports whether its
+// timing held.
+func resultExpiresRound(t *testing.T, e *env, round int) bool {
+	// Long enough that the replays after the first call come well within
+	// it on a loaded machine.
+	const ttl = 500 * time.Millisecond
+	op := idem.New[string, int](e.store, idem.WithTTL(ttl))
+	key := e.key("k", fmt.Sprint(round))
 	runs := 0
 	fn := func(context.Context, string) (int, error) { runs++; return runs, nil }
+	began := time.Now() // the record is committed after this, so lives until ttl after it
 	if r, _ := op.Do(ctxFor(t), key, "r", fn); r != 1 {
 		t.Fatalf("first = %d", r)
 	}
-	if r, _ := op.Do(ctxFor(t), key, "r", fn); r != 1 {
-		t.Fatalf("replay before expiry = %d, want 1", r)
+	// Replayed right after the first call, and half-way through the TTL.
+	for _, at := range []time.Duration{0, ttl / 2} {
+		time.Sleep(time.Until(began.Add(at)))
+		r, err := op.Do(ctxFor(t), key, "r", fn)
+		if time.Since(began) >= ttl {
+			return false // too late to tell a replay from an expiry
+		}
+		if err != nil || r != 1 {
+			t.Fatalf("replay %v after the first call began = %d, %v; want 1 for the TTL, %v", at, r, err, ttl)
+		}
 	}
+	time.Sleep(time.Until(began.Add(ttl))) // it cannot have expired before
 	if !eventually(3*time.Second, func() bool {
 		r, err := op.Do(ctxFor(t), key, "r", fn)
 		return err == nil && r == 2
 	}) {
 		t.Fatal("result never expired")
 	}
+	return true
 }
 
 // testHoldKeepsKeyRefused checks the Hold disposition: nothing is stored,

@@ -24,7 +24,10 @@ func TestLocalCacheRoundTrips(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			prefix := fmt.Sprint("lc:", time.Now().UnixNano(), ":")
-			const ttl = 500 * time.Millisecond
+			// Long enough that every call before the sleep comes within
+			// it on a loaded machine: the round-trip counts assume the
+			// records live.
+			const ttl = 2 * time.Second
 			cached := idem.New[string, string](redisstore.New(c.client, redisstore.WithPrefix(prefix)), idem.WithTTL(ttl), idem.WithLocalCache(64))
 			plain := idem.New[string, string](redisstore.New(c.client, redisstore.WithPrefix(prefix)), idem.WithTTL(ttl))
 			var runs atomic.Int64
@@ -59,6 +62,7 @@ func TestLocalCacheRoundTrips(t *testing.T) {
 			if _, err := cached.Do(ctx, "k2", "b", fn); err != nil {
 				t.Fatal(err)
 			}
+			k2Stored := time.Now() // k2's record, and every copy of it cached, expires by ttl after this
 			viaRedis := idem.New[string, string](redisstore.New(c.client, redisstore.WithPrefix(prefix)), idem.WithTTL(ttl), idem.WithLocalCache(64))
 			if _, info, err := viaRedis.DoInfo(ctx, "k2", "b", fn); err != nil || !info.Replayed {
 				t.Fatalf("replay from Redis: %v, %v", info.Outcome, err)
@@ -74,7 +78,7 @@ func TestLocalCacheRoundTrips(t *testing.T) {
 			if n := runs.Load(); n != 2 {
 				t.Fatalf("fn ran %d times before the TTL, want 2", n)
 			}
-			time.Sleep(ttl + 50*time.Millisecond)
+			time.Sleep(time.Until(k2Stored.Add(ttl + 50*time.Millisecond)))
 			for _, op := range []*idem.Operation[string, string]{cached, viaRedis} {
 				if _, info, err := op.DoInfo(ctx, "k2", "b", fn); err != nil || info.Outcome != idem.OutcomeExecuted {
 					t.Errorf("after the TTL: %v, %v; want executed afresh", info.Outcome, err)
