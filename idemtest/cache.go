@@ -141,16 +141,7 @@ func testLocalCacheSmall(t *testing.T, e *env) {
 // committed it, and one cached from the store by another, expire with the
 // stored record: the key then executes afresh.
 func testLocalCacheExpires(t *testing.T, e *env) {
-	// A loaded machine can stretch the calls and sleeps past the TTL, which
-	// would test nothing: such a round is run again, with a fresh key, and
-	// only a round whose timing held can fail.
-	const rounds = 5
-	for round := range rounds {
-		if localCacheExpiresRound(t, e, round) {
-			return
-		}
-	}
-	t.Fatalf("%d rounds in a row were too slow to check the TTL: the machine is overloaded", rounds)
+	timedRounds(t, 5, func(round int) bool { return localCacheExpiresRound(t, e, round) })
 }
 
 // localCacheExpiresRound runs testLocalCacheExpires once, and reports

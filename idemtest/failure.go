@@ -277,15 +277,7 @@ func testWaiterTakesOver(t *testing.T, e *env) {
 // testResultExpires checks that a result is replayed for the TTL, and that
 // the key executes afresh once its record expired.
 func testResultExpires(t *testing.T, e *env) {
-	// A loaded machine can delay a replay past the TTL, which would test
-	// nothing: such a round is run again, with a fresh key, and only a
-	// round whose timing held can fail.
-	for round := range 3 {
-		if resultExpiresRound(t, e, round) {
-			return
-		}
-	}
-	t.Fatal("three rounds in a row were too slow to check the TTL: the machine is overloaded")
+	timedRounds(t, 3, func(round int) bool { return resultExpiresRound(t, e, round) })
 }
 
 // resultExpiresRound runs testResultExpires once, and reports whether its

@@ -349,15 +349,7 @@ func testOwnerCheckedCommit(t *testing.T, e *env) {
 // testRecordExpires checks that a record is there after its Commit for
 // its TTL, and that its key is free once it expired.
 func testRecordExpires(t *testing.T, e *env) {
-	// A loaded machine can delay the Acquire after the Commit past the
-	// TTL, which would test nothing: such a round is run again, with a
-	// fresh key, and only a round whose timing held can fail.
-	for round := range 3 {
-		if recordExpiresRound(t, e, round) {
-			return
-		}
-	}
-	t.Fatal("three rounds in a row were too slow to check the TTL: the machine is overloaded")
+	timedRounds(t, 3, func(round int) bool { return recordExpiresRound(t, e, round) })
 }
 
 // recordExpiresRound runs testRecordExpires once, and reports whether its
