@@ -12,8 +12,9 @@
 // (exactly-once storms, replay, key reuse, failure, panic, lease refresh,
 // cancellation). Run it with -race. Keys are unique per run, so a store
 // shared between subtests, or with other users, does not need flushing.
-// The suite sleeps for lease and record expiry, under a second at a time,
-// and takes a few seconds in all: its subtests run in parallel.
+// The suite waits out leases and records of up to a second, long enough
+// for a loaded CI machine, and takes a few seconds in all: its subtests
+// run in parallel.
 //
 // For idem.WithLocalCache, a store should report with every record it
 // returns from Acquire how long the record has left (Acquisition.TTL), by
