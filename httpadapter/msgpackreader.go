@@ -95,38 +95,31 @@ func invalid(c byte, what string) error {
 
 // mapLen reads a map length, -1 for nil.
 func (r *msgpackReader) mapLen() (int, error) {
-	c, err := r.code()
-	switch {
-	case err != nil:
-		return 0, err
-	case c == mpNil:
-		return -1, nil
-	case c >= 0x80 && c <= 0x8f:
-		return int(c & 0x0f), nil
-	case c == mpMap16:
-		return r.length(2)
-	case c == mpMap32:
-		return r.length(4)
-	}
-	return 0, invalid(c, "a map length")
+	return r.containerLen(0x80, mpMap16, mpMap32, "a map length")
 }
 
 // arrayLen reads an array length, -1 for nil.
 func (r *msgpackReader) arrayLen() (int, error) {
+	return r.containerLen(0x90, mpArray16, mpArray32, "an array length")
+}
+
+// containerLen reads the length of a map or an array, whose fix codes run
+// from fix to fix+0x0f and whose longer forms are c16 and c32; -1 for nil.
+func (r *msgpackReader) containerLen(fix, c16, c32 byte, what string) (int, error) {
 	c, err := r.code()
 	switch {
 	case err != nil:
 		return 0, err
 	case c == mpNil:
 		return -1, nil
-	case c >= 0x90 && c <= 0x9f:
+	case c >= fix && c <= fix+0x0f:
 		return int(c & 0x0f), nil
-	case c == mpArray16:
+	case c == c16:
 		return r.length(2)
-	case c == mpArray32:
+	case c == c32:
 		return r.length(4)
 	}
-	return 0, invalid(c, "an array length")
+	return 0, invalid(c, what)
 }
 
 // str reads a string or binary, as the bytes of r; isNil reports a nil.
