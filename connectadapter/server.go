@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/internal/keyctx"
 )
 
 // Headers the interceptors read and write.
@@ -180,7 +181,7 @@ func (i *interceptor) do(ctx context.Context, req connect.AnyRequest, key *Key, 
 		dpanic any                 // what the disposition function panicked with
 	)
 	resp, info, err := i.op.DoInfo(ctx, key.Stored, call{procedure, msg}, func(ctx context.Context, c call) (*response, error) {
-		out, herr = next(withKey(ctx, key), req)
+		out, herr = next(keyctx.With(ctx, key), req)
 		return i.storable(ctx, c.procedure, out, herr, &dpanic)
 	})
 	if dpanic != nil {

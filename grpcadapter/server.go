@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/internal/keyctx"
 )
 
 // Metadata keys and values the interceptors read and write.
@@ -165,7 +166,7 @@ func (s *server) do(ctx context.Context, method string, key *Key, req proto.Mess
 	)
 	resp, info, err := s.op.DoInfo(ctx, key.Stored, call{method, req}, func(ctx context.Context, c call) (*response, error) {
 		ctx, capt = withCapture(ctx)
-		out, herr = handler(withKey(ctx, key), c.req)
+		out, herr = handler(keyctx.With(ctx, key), c.req)
 		if herr != nil && ctx.Err() != nil {
 			// The handler's error came after its context ended (the
 			// client went away, the lease was lost): the interruption,

@@ -104,6 +104,7 @@ import (
 	"sync"
 
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/internal/keyctx"
 )
 
 // Names of the headers the middleware reads and writes.
@@ -316,7 +317,7 @@ func (m *middleware) do(w http.ResponseWriter, r *http.Request, next http.Handle
 			rec := &hr.rec
 			rec.reset(w, req.scr.out)
 			hr.body.r.Reset(req.body)
-			r2 := req.r.WithContext(withKey(ctx, &x.key))
+			r2 := req.r.WithContext(keyctx.With(ctx, &x.key))
 			r2.Body = &hr.body
 			next.ServeHTTP(rec, r2)
 			hr.body.r.Reset(nil) // the handler returned: no more reading

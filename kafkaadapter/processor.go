@@ -12,6 +12,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/internal/keyctx"
 	"github.com/idemkit/idem/queue"
 )
 
@@ -159,7 +160,7 @@ func (p *Processor) Process(ctx context.Context, rec *kgo.Record) Result {
 	// empty, as the fingerprint does.
 	msg := message{Topic: rec.Topic, Key: bytes.Clone(rec.Key), Value: bytes.Clone(rec.Value)}
 	fn := func(ctx context.Context, _ message) (struct{}, error) {
-		return struct{}{}, p.fn(withKey(ctx, &key), rec)
+		return struct{}{}, p.fn(keyctx.With(ctx, &key), rec)
 	}
 	for attempt := 1; ; attempt++ {
 		_, info, err := p.op.DoInfo(ctx, key.Stored, msg, fn)

@@ -1,6 +1,10 @@
 package natsadapter
 
-import "context"
+import (
+	"context"
+
+	"github.com/idemkit/idem/internal/keyctx"
+)
 
 // Key is the idempotency key of the call a handler is running for.
 type Key struct {
@@ -17,21 +21,9 @@ type Key struct {
 	Stored string
 }
 
-// keyCtx is the context key under which the handler's context holds its *Key.
-type keyCtx struct{}
-
-// withKey returns ctx holding k for KeyFromContext.
-func withKey(ctx context.Context, k *Key) context.Context {
-	return context.WithValue(ctx, keyCtx{}, k)
-}
-
 // KeyFromContext returns the idempotency key of the call whose handler ctx
 // belongs to, and whether there is one: calls that pass through without a
 // key, or that are not protected, have none.
 func KeyFromContext(ctx context.Context) (Key, bool) {
-	k, ok := ctx.Value(keyCtx{}).(*Key)
-	if !ok || k == nil {
-		return Key{}, false
-	}
-	return *k, true
+	return keyctx.From[Key](ctx)
 }

@@ -71,6 +71,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/internal/keyctx"
 	"github.com/idemkit/idem/queue"
 )
 
@@ -192,7 +193,7 @@ func (h *handler) handle(msg jetstream.Msg) {
 		info.Outcome = idem.OutcomeInvalid
 	case err == nil:
 		_, info, err = h.op.DoInfo(ctx, key.Stored, message{Subject: msg.Subject(), Data: msg.Data()}, func(ctx context.Context, _ message) (struct{}, error) {
-			return struct{}{}, h.fn(withKey(ctx, &key), msg)
+			return struct{}{}, h.fn(keyctx.With(ctx, &key), msg)
 		})
 	default:
 		info.Outcome = idem.OutcomeInvalidKey
