@@ -34,6 +34,17 @@ var (
 
 func benchFn(context.Context, benchReq) (benchResp, error) { return benchOut, nil }
 
+// benchProviders returns the benchmarks' SDK providers: a MeterProvider
+// with a ManualReader never read, shut down when b ends, and tracer
+// providers that sample every span and none, without exporters.
+func benchProviders(b *testing.B) (mp *sdkmetric.MeterProvider, always, never *sdktrace.TracerProvider) {
+	mp = sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
+	b.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
+	always = sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()))
+	never = sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.NeverSample()))
+	return mp, always, never
+}
+
 // BenchmarkReplayHit measures a memstore replay hit without an observer,
 // with an observer that does nothing (the core's own cost of observing),
 // and with idemotel on an SDK MeterProvider (a ManualReader never read)
@@ -41,10 +52,7 @@ func benchFn(context.Context, benchReq) (benchResp, error) { return benchOut, ni
 // exporter: the span is built and dropped), the SDK sampling none, and
 // the SDK with hashed keys.
 func BenchmarkReplayHit(b *testing.B) {
-	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
-	b.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
-	always := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()))
-	never := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.NeverSample()))
+	mp, always, never := benchProviders(b)
 	for _, c := range []struct {
 		name string
 		opts []idem.Option
@@ -78,10 +86,7 @@ func BenchmarkReplayHit(b *testing.B) {
 // BenchmarkObserver measures idemotel's own cost per call of Do, Start
 // then Done of a replay, without Do around it.
 func BenchmarkObserver(b *testing.B) {
-	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
-	b.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
-	always := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()))
-	never := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.NeverSample()))
+	mp, always, never := benchProviders(b)
 	for _, c := range []struct {
 		name string
 		obs  *idem.Observer
